@@ -1,0 +1,1 @@
+"""LightningModules: optimisation, logging and metrics around the plain networks."""

@@ -1,0 +1,152 @@
+"""Shared LightningModule plumbing: network from the registry, optimizer, logging, pictures.
+
+A family's LightningModule subclasses :class:`ZooModule` and implements ``model_step``
+(used by train/val/test, lightning-hydra-template style) returning
+``{"loss": ..., <named parts>}``; everything it returns is logged as ``<stage>/<name>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+
+from mlnotes_zoo.registry import create_model
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+
+
+def build_net(net: nn.Module | Mapping[str, Any]) -> nn.Module:
+    """A network, or the spec ``{"name": ..., **kwargs}`` a checkpoint keeps for it."""
+    if isinstance(net, nn.Module):
+        return net
+    spec = dict(net)
+    return create_model(spec.pop("name"), **spec)
+
+
+class ZooModule(pl.LightningModule):
+    """Base LightningModule: owns ``self.net`` and the optimizer; subclasses do the maths.
+
+    ``model_step`` returns ``{"loss": ..., <named scalar parts>}``; every scalar is logged as
+    ``train/<name>`` (per logged step) and ``val/<name>``, ``test/<name>`` (epoch means).
+
+    Args:
+        net: the network (``create_model(...)``), or its spec dict when rebuilt from a
+            checkpoint.
+        optimizer: ``functools.partial`` of an optimizer class taking the parameters
+            (Hydra ``_partial_: true``); Adam(lr=1e-3) when None.
+        scheduler: optional ``functools.partial`` of an LR scheduler taking the optimizer.
+    """
+
+    def __init__(
+        self,
+        *,
+        net: nn.Module | Mapping[str, Any],
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+    ) -> None:
+        super().__init__()
+        self.net = build_net(net)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        # Keep the network's registry spec, never the module itself: a checkpoint then
+        # rebuilds it from plain kwargs (mlnotes_zoo.load_checkpoint, load_from_checkpoint).
+        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
+        spec = getattr(self.net, "zoo_spec", None)
+        if spec is not None:
+            self.hparams["net"] = _plain(spec)
+
+    # -- subclasses implement ------------------------------------------------------------
+    def model_step(self, batch: Any, stage: str) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    # -- shared loop -----------------------------------------------------------------------
+    # Logging is the main cost of a small model's step (each self.log call walks Lightning's
+    # result collection), so: training values are logged only on the steps the loggers
+    # write (log_every_n_steps); val/test values are summed here and logged once per epoch
+    # as batch-size weighted means, reduced across ranks.
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+        out = self.model_step(batch, "train")
+        if self._trainer is None or self.trainer._logger_connector.should_update_logs:
+            parts = {f"train/{k}": v.detach() for k, v in out.items()
+                     if k != "loss" and v.dim() == 0}
+            self.log_dict(parts, on_step=True, on_epoch=False, batch_size=_batch_size(batch))
+            self.log("train/loss", out["loss"].detach(), prog_bar=True, on_step=True,
+                     on_epoch=False, batch_size=_batch_size(batch))
+        return out
+
+    def validation_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+        return self._accumulate(self.model_step(batch, "val"), batch)
+
+    def test_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+        return self._accumulate(self.model_step(batch, "test"), batch)
+
+    def on_validation_epoch_start(self) -> None:
+        self._sums: dict[str, Tensor] = {}
+        self._count = 0
+
+    on_test_epoch_start = on_validation_epoch_start
+
+    def _accumulate(self, out: dict[str, Tensor], batch: Any) -> dict[str, Tensor]:
+        n = _batch_size(batch)
+        for k, v in out.items():
+            if v.dim() == 0:
+                self._sums[k] = self._sums.get(k, 0.0) + v.detach().float() * n
+        self._count += n
+        return out
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_means("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_means("test")
+
+    def _log_epoch_means(self, stage: str) -> None:
+        if not self._sums:
+            return
+        names = sorted(self._sums)
+        totals = torch.stack([self._sums[k] for k in names] + [
+            torch.tensor(float(self._count), device=self.device)])
+        totals = self.trainer.strategy.reduce(totals, reduce_op="sum")  # identity on one process
+        means = totals[:-1] / totals[-1]
+        for name, value in zip(names, means, strict=True):
+            self.log(f"{stage}/{name}", value, prog_bar=name == "loss", sync_dist=False)
+
+    def configure_optimizers(self) -> Any:
+        factory = self.optimizer_factory or (lambda params: torch.optim.Adam(params, lr=1e-3))
+        optimizer = factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
+        }
+
+    # -- pictures ------------------------------------------------------------------------
+    def pictures(self, batch: Any) -> dict[str, Tensor]:
+        """Image grids (3, H, W) in [0, 1] worth looking at, keyed by name; none by default."""
+        return {}
+
+
+def _batch_size(batch: Any) -> int:
+    first = batch[0] if isinstance(batch, (list, tuple)) else batch
+    return int(first.shape[0]) if isinstance(first, Tensor) else 1
+
+
+def _plain(value: Any) -> Any:
+    """Tuples/lists/dicts of plain values, safe for ``torch.load(weights_only=True)``."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    raise TypeError(
+        f"network kwarg of type {type(value).__name__} cannot be kept in a checkpoint; "
+        "pass plain values (numbers, strings, lists) to create_model"
+    )

@@ -1,0 +1,61 @@
+"""Shared fixtures: a Hydra-composed, shrunk copy of the real training config."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from mlnotes_zoo.config import config_dir
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Fast, CPU-only, a couple of batches: the real config shrunk (lightning-hydra-template style).
+SHRINK = [
+    "trainer.accelerator=cpu",
+    "trainer.max_epochs=1",
+    "+trainer.limit_train_batches=2",
+    "+trainer.limit_val_batches=1",
+    "+trainer.limit_test_batches=1",
+    "trainer.enable_model_summary=false",
+]
+
+
+@pytest.fixture
+def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
+    """``make_cfg("model=vae", ...)`` -> composed config writing into ``tmp_path``."""
+
+    def _make(*overrides: str) -> DictConfig:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            cfg = compose("train", overrides=[*SHRINK, *overrides], return_hydra_config=True)
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path)
+            cfg.hydra.runtime.output_dir = str(tmp_path)
+        HydraConfig.instance().set_config(cfg)
+        return cfg
+
+    yield _make
+    GlobalHydra.instance().clear()
+
+
+@pytest.fixture
+def run_train() -> Callable[..., subprocess.CompletedProcess]:
+    """``run_train(*args, cwd=...)``: ``python train.py args...`` in a subprocess."""
+
+    def _run(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+        env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+        return subprocess.run(
+            [sys.executable, str(REPO / "train.py"), *args],
+            cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+        )
+
+    return _run

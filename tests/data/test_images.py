@@ -1,0 +1,117 @@
+"""Image DataModules: the embedded digits, and real on-disk formats written by the tests."""
+
+from __future__ import annotations
+
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+
+from mlnotes_zoo.data import (
+    CIFAR10DataModule,
+    DigitsDataModule,
+    FashionMNISTDataModule,
+    MNISTDataModule,
+)
+
+
+def _setup(dm):
+    dm.setup("fit")
+    return dm
+
+
+def test_digits_splits_are_disjoint_fixed_and_cover_the_set():
+    dm = _setup(DigitsDataModule(batch_size=32))
+    sizes = {k: len(v) for k, v in dm.splits.items()}
+    assert sizes == {"test": 360, "val": 180, "train": 1797 - 540}
+    reference = torch.from_numpy(load_digits().images).float().div(16)
+    rows = {split: {tuple(x.flatten().tolist()) for x, _ in ds} for split, ds in dm.splits.items()}
+    every = {tuple(x.flatten().tolist()) for x in reference}
+    assert rows["train"] | rows["val"] | rows["test"] <= every
+    # The test split does not move with the training seed.
+    other = _setup(DigitsDataModule(batch_size=32, seed=123))
+    assert torch.equal(other.splits["test"].tensors[0], dm.splits["test"].tensors[0])
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (32, 1, 8, 8) and x.min() >= 0 and x.max() <= 1 and y.dtype == torch.long
+
+
+def test_digits_resize_and_channels():
+    dm = _setup(DigitsDataModule(batch_size=4, image_size=16, channels=3))
+    x, _ = next(iter(dm.val_dataloader()))
+    assert x.shape == (4, 3, 16, 16) and 0 <= x.min() and x.max() <= 1
+    assert dm.in_shape == (3, 16, 16)
+
+
+def test_bad_sizes_are_clear_errors():
+    with pytest.raises(ValueError, match="val_size"):
+        DigitsDataModule(val_size=1000, test_size=1000)
+    with pytest.raises(ValueError, match="channels"):
+        DigitsDataModule(channels=2)
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    # IDX format: magic (0, 0, dtype=0x08 ubyte, ndim), big-endian dims, then the bytes.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim)
+    header += struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def _write_mnist(root: Path, folder: str, n_train: int = 30, n_test: int = 10) -> tuple:
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, size=(n,), dtype=np.uint8)
+        _write_idx(root / folder / "raw" / f"{split}-images-idx3-ubyte", images)
+        _write_idx(root / folder / "raw" / f"{split}-labels-idx1-ubyte", labels)
+        arrays[split] = (images, labels)
+    return arrays
+
+
+@pytest.mark.parametrize("cls, folder", [(MNISTDataModule, "MNIST"),
+                                         (FashionMNISTDataModule, "FashionMNIST")])
+def test_mnist_family_reads_idx_files(tmp_path, cls, folder):
+    arrays = _write_mnist(tmp_path, folder)
+    dm = _setup(cls(root=str(tmp_path), batch_size=8, val_size=6))
+    assert {k: len(v) for k, v in dm.splits.items()} == {"val": 6, "train": 24, "test": 10}
+    x_test, y_test = dm.splits["test"].tensors
+    torch.testing.assert_close(x_test[:, 0], torch.from_numpy(arrays["t10k"][0]).float() / 255)
+    assert torch.equal(y_test, torch.from_numpy(arrays["t10k"][1]).long())
+
+
+def test_cifar10_reads_pickled_batches(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    batches = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, size=(4, 3072), dtype=np.uint8)
+        labels = rng.integers(0, 10, size=4).tolist()
+        with open(folder / name, "wb") as f:
+            pickle.dump({"batch_label": name, "data": data, "labels": labels}, f)
+        batches[name] = (data, labels)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
+    dm = _setup(CIFAR10DataModule(root=str(tmp_path), batch_size=4, val_size=5))
+    assert {k: len(v) for k, v in dm.splits.items()} == {"val": 5, "train": 15, "test": 4}
+    x_test, y_test = dm.splits["test"].tensors
+    expected = torch.from_numpy(batches["test_batch"][0]).reshape(4, 3, 32, 32).float() / 255
+    torch.testing.assert_close(x_test, expected)
+    assert y_test.tolist() == batches["test_batch"][1]
+    grey = _setup(CIFAR10DataModule(root=str(tmp_path), batch_size=4, val_size=5, channels=1))
+    assert grey.splits["test"].tensors[0].shape == (4, 1, 32, 32)
+
+
+@pytest.mark.parametrize("cls, where", [(MNISTDataModule, "MNIST/raw"),
+                                        (FashionMNISTDataModule, "FashionMNIST/raw"),
+                                        (CIFAR10DataModule, "cifar-10-batches-py")])
+def test_missing_root_says_where_the_files_go(tmp_path, cls, where):
+    with pytest.raises(FileNotFoundError) as err:
+        _setup(cls(root=str(tmp_path / "nothing")))
+    message = str(err.value)
+    assert where in message and "nothing" in message and "data.root" in message
