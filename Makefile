@@ -9,6 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?= model=vae
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: setup train test bench lint clean
 
@@ -29,8 +30,10 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
 
+# Peer implementations (normflows, ...) are installed for benchmarking only.
 bench: $(STAMP)
-	$(BIN)/python scripts/bench.py $(ARGS)
+	$(BIN)/python -m pip install --quiet -r requirements-bench.txt
+	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/python -m ruff check .

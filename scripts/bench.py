@@ -3,6 +3,10 @@
     python scripts/bench.py                      # all benchmarks -> results/bench.json
     python scripts/bench.py --only overhead      # one of them
 
+Family benchmarks live in scripts/benchmarks/<family>.py (see _discover). Peer
+implementations they compare against are installed only for benchmarking:
+``pip install -r requirements-bench.txt``.
+
 overhead: seconds per training epoch (every step, data loading included) of the train.py
 path — Lightning Trainer with the default callbacks and loggers of configs/ — against a bare
 PyTorch loop on the same network, batches and optimizer (target ratio <= 1.05), and the same
@@ -143,17 +147,38 @@ def overhead_once(model: str = "vae", epochs: int = 21, *overrides: str) -> dict
 BENCHMARKS = {"overhead": bench_overhead}
 
 
+def _discover() -> dict:
+    """Family benchmarks: every ``scripts/benchmarks/<family>.py`` exposes ``BENCHMARKS``,
+    a dict of name -> zero-argument function returning a JSON-able dict."""
+    import importlib.util
+
+    found = dict(BENCHMARKS)
+    for path in sorted((REPO / "scripts" / "benchmarks").glob("*.py")):
+        spec = importlib.util.spec_from_file_location(f"benchmarks.{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        for name, fn in getattr(module, "BENCHMARKS", {}).items():
+            if name in found:
+                raise ValueError(f"benchmark {name!r} defined twice ({path.name})")
+            found[name] = fn
+    return found
+
+
 def main(argv: list[str] | None = None) -> None:
+    benchmarks = _discover()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=sorted(BENCHMARKS), action="append")
+    parser.add_argument("--only", choices=sorted(benchmarks), action="append")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("overrides", nargs="*", help="config overrides for the overhead run")
     args = parser.parse_args(argv)
     torch.set_num_threads(os.cpu_count() or 1)
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    for name in args.only or sorted(BENCHMARKS):
+    for name in args.only or sorted(benchmarks):
         print(f"== {name}", file=sys.stderr)
-        results[name] = BENCHMARKS[name]("vae", 21, *args.overrides)
+        if name == "overhead":
+            results[name] = bench_overhead("vae", 21, *args.overrides)
+        else:
+            results[name] = benchmarks[name]()
         print(json.dumps(results[name], indent=2))
     results["machine"] = {
         "cpu_count": os.cpu_count(),

@@ -8,7 +8,7 @@ A family's LightningModule subclasses :class:`ZooModule` and implements ``model_
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
@@ -40,6 +40,8 @@ class ZooModule(pl.LightningModule):
         optimizer: ``functools.partial`` of an optimizer class taking the parameters
             (Hydra ``_partial_: true``); Adam(lr=1e-3) when None.
         scheduler: optional ``functools.partial`` of an LR scheduler taking the optimizer.
+        monitor, monitor_mode: the validation metric that picks the best checkpoint
+            (``configs/callbacks/model_checkpoint.yaml`` reads them from the model config).
     """
 
     def __init__(
@@ -48,9 +50,14 @@ class ZooModule(pl.LightningModule):
         net: nn.Module | Mapping[str, Any],
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
+        monitor: str = "val/loss",
+        monitor_mode: Literal["min", "max"] = "min",
     ) -> None:
         super().__init__()
+        if monitor_mode not in ("min", "max"):
+            raise ValueError(f"monitor_mode must be 'min' or 'max', got {monitor_mode!r}")
         self.net = build_net(net)
+        self.monitor, self.monitor_mode = monitor, monitor_mode
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         # Keep the network's registry spec, never the module itself: a checkpoint then

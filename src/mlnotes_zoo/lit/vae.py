@@ -22,7 +22,8 @@ class LitVAE(ZooModule):
         beta: weight of the KL term (β-VAE, Higgins et al. 2017); β = 1 is the ELBO.
         iwae_samples: k for the test-time importance-weighted bound log p(x) ≥ IWAE_k.
         num_pictures: how many images the reconstruction and sample grids show.
-        optimizer, scheduler: see :class:`~mlnotes_zoo.lit.base.ZooModule`.
+        optimizer, scheduler, monitor, monitor_mode: see
+            :class:`~mlnotes_zoo.lit.base.ZooModule`.
     """
 
     net: VAE
@@ -36,8 +37,9 @@ class LitVAE(ZooModule):
         num_pictures: int = 32,
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
+        **base_kwargs: Any,
     ) -> None:
-        super().__init__(net=net, optimizer=optimizer, scheduler=scheduler)
+        super().__init__(net=net, optimizer=optimizer, scheduler=scheduler, **base_kwargs)
         if beta < 0:
             raise ValueError(f"beta must be >= 0, got {beta}")
         if iwae_samples < 1:
