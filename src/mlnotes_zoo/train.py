@@ -23,6 +23,8 @@ def main(cfg: DictConfig) -> dict[str, float]:
     import pytorch_lightning as pl
     from hydra.utils import instantiate
 
+    from mlnotes_zoo.scale.launch import resolve_trainer_kwargs
+
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
@@ -31,7 +33,8 @@ def main(cfg: DictConfig) -> dict[str, float]:
     model = instantiate(cfg.model, _convert_="all")
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer_kwargs = resolve_trainer_kwargs(instantiate(cfg.trainer, _partial_=True).keywords)
+    trainer = pl.Trainer(**trainer_kwargs, callbacks=callbacks, logger=loggers or False)
 
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -83,11 +86,17 @@ def _print_metrics(metrics: dict[str, Any], output_dir: Path) -> None:
 def _task(cfg: DictConfig) -> float | None:
     from hydra.errors import InstantiationException
 
+    from mlnotes_zoo.scale.launch import LaunchError
+
     try:
         metrics = main(cfg)
     except InstantiationException as err:
         # e.g. "Error in call to target 'mlnotes_zoo.create_model': ValueError(...)"
         print("error: " + " ".join(str(err).split("\n")[:2]), file=sys.stderr)
+        sys.exit(2)
+    except LaunchError as err:
+        if os.environ.get("RANK", "0") == "0":  # one line, not one per rank
+            print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     # The value Hydra sweepers optimise: the monitored validation metric is not known here,
     # so return the test loss when present.
@@ -99,6 +108,7 @@ def cli(argv: list[str] | None = None) -> None:
     import hydra
 
     from mlnotes_zoo.config import UsageError, check_overrides, config_dir
+    from mlnotes_zoo.scale.launch import share_run_stamp
 
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -107,4 +117,5 @@ def cli(argv: list[str] | None = None) -> None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     sys.argv = [sys.argv[0], *argv]
+    share_run_stamp()  # under torchrun: one run dir for every rank
     hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")(_task)()

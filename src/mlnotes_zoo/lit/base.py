@@ -8,6 +8,7 @@ A family's LightningModule subclasses :class:`ZooModule` and implements ``model_
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any, Literal
 
 import pytorch_lightning as pl
@@ -15,6 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from mlnotes_zoo.registry import create_model
+from mlnotes_zoo.scale.checkpointing import apply_activation_checkpointing
+from mlnotes_zoo.scale.sharding import fully_shard_model, zero1_optimizer
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
@@ -42,6 +45,8 @@ class ZooModule(pl.LightningModule):
         scheduler: optional ``functools.partial`` of an LR scheduler taking the optimizer.
         monitor, monitor_mode: the validation metric that picks the best checkpoint
             (``configs/callbacks/model_checkpoint.yaml`` reads them from the model config).
+        activation_checkpointing: recompute the activations of the network's
+            ``repeated_blocks`` in the backward pass instead of storing them.
     """
 
     def __init__(
@@ -52,12 +57,16 @@ class ZooModule(pl.LightningModule):
         scheduler: SchedulerFactory | None = None,
         monitor: str = "val/loss",
         monitor_mode: Literal["min", "max"] = "min",
+        activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         if monitor_mode not in ("min", "max"):
             raise ValueError(f"monitor_mode must be 'min' or 'max', got {monitor_mode!r}")
         self.net = build_net(net)
         self.monitor, self.monitor_mode = monitor, monitor_mode
+        self.activation_checkpointing = activation_checkpointing
+        if activation_checkpointing:
+            apply_activation_checkpointing(self.net)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         # Keep the network's registry spec, never the module itself: a checkpoint then
@@ -121,11 +130,23 @@ class ZooModule(pl.LightningModule):
         totals = self.trainer.strategy.reduce(totals, reduce_op="sum")  # identity on one process
         means = totals[:-1] / totals[-1]
         for name, value in zip(names, means, strict=True):
-            self.log(f"{stage}/{name}", value, prog_bar=name == "loss", sync_dist=False)
+            # already reduced; sync_dist only tells Lightning so (it is a no-op average)
+            self.log(f"{stage}/{name}", value, prog_bar=name == "loss",
+                     sync_dist=self.trainer.world_size > 1)
+
+    def configure_model(self) -> None:
+        # ZeRO-3 (trainer=fsdp): Lightning's ModelParallelStrategy sets a device mesh and
+        # calls this hook before the optimizer is built; other strategies leave it None.
+        if self.device_mesh is not None:
+            fully_shard_model(self.net, self.device_mesh["data_parallel"])
 
     def configure_optimizers(self) -> Any:
-        factory = self.optimizer_factory or (lambda params: torch.optim.Adam(params, lr=1e-3))
-        optimizer = factory(self.parameters())
+        factory = self.optimizer_factory or partial(torch.optim.Adam, lr=1e-3)
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if getattr(strategy, "shard_optimizer_state", False) and strategy.world_size > 1:
+            optimizer = zero1_optimizer(self.parameters(), factory)  # ZeRO-1 (trainer=zero1)
+        else:
+            optimizer = factory(self.parameters())
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)

@@ -1,0 +1,1 @@
+"""DDP/ZeRO/FSDP/AMP/activation-checkpointing glue shared by every model."""

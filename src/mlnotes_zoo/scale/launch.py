@@ -1,0 +1,92 @@
+"""Launch glue: torchrun's environment, one run dir for all ranks, CPU/CUDA-only checks."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+__all__ = ["torchrun_sizes", "share_run_stamp", "resolve_trainer_kwargs", "LaunchError"]
+
+
+class LaunchError(ValueError):
+    """A trainer setting that cannot work here; the message is one line for the user."""
+
+
+def torchrun_sizes() -> tuple[int, int] | None:
+    """(processes per node, nodes) when started by torchrun / torchelastic, else None."""
+    env = os.environ
+    if "TORCHELASTIC_RUN_ID" not in env or "LOCAL_WORLD_SIZE" not in env:
+        return None
+    local = int(env["LOCAL_WORLD_SIZE"])
+    nodes = int(env.get("GROUP_WORLD_SIZE") or env.get("NNODES") or
+                int(env.get("WORLD_SIZE", local)) // local)
+    return local, nodes
+
+
+def share_run_stamp() -> None:
+    """Give every process of a run one run-dir time stamp in ``MLNOTES_RUN_STAMP``.
+
+    Each rank runs Hydra itself and would name its run dir by its own clock; configs/hydra
+    reads the stamp from this variable instead. Processes Lightning starts inherit it from
+    the environment; under torchrun rank 0's stamp is broadcast, over the process group
+    that Lightning then uses (it skips initialisation when one exists).
+    """
+    if "MLNOTES_RUN_STAMP" in os.environ:
+        return
+    if torchrun_sizes() is None:
+        os.environ["MLNOTES_RUN_STAMP"] = time.strftime("%Y-%m-%d_%H-%M-%S")
+        return
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    stamp = [time.strftime("%Y-%m-%d_%H-%M-%S")]
+    dist.broadcast_object_list(stamp, src=0)
+    os.environ["MLNOTES_RUN_STAMP"] = stamp[0]
+
+
+_CUDA_ONLY = {
+    "deepspeed": "DeepSpeed (trainer=deepspeed)",
+    "fsdp": "FSDP1 (trainer=fsdp1; use trainer=fsdp for FSDP2, which runs on CPU)",
+}
+
+
+def resolve_trainer_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Fill in what torchrun decides, swap in the CPU loss scaler, refuse CUDA-only setups.
+
+    ``kwargs`` are the Trainer's keyword arguments (the resolved ``trainer`` config).
+    """
+    import torch
+
+    kwargs = dict(kwargs)
+    accelerator = kwargs.get("accelerator", "auto")
+    cuda = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+    strategy = kwargs.get("strategy")
+    name = strategy if isinstance(strategy, str) else type(strategy).__name__.lower()
+    for key, what in _CUDA_ONLY.items():
+        if not cuda and name and name.startswith(key) and "fsdp2" not in name:
+            raise LaunchError(f"{what} needs CUDA GPUs and none is available here")
+
+    sizes = torchrun_sizes()
+    if sizes is not None:
+        local, nodes = sizes
+        devices = kwargs.get("devices", "auto")
+        if devices not in (None, "auto", 1, "1", local, str(local)):
+            raise LaunchError(
+                f"trainer.devices={devices} but torchrun started {local} processes per node; "
+                "leave trainer.devices unset under torchrun (it is read from LOCAL_WORLD_SIZE)"
+            )
+        num_nodes = kwargs.get("num_nodes", 1)
+        if num_nodes not in (1, nodes):
+            raise LaunchError(f"trainer.num_nodes={num_nodes} but torchrun runs {nodes} nodes")
+        kwargs["devices"], kwargs["num_nodes"] = local, nodes
+
+    if str(kwargs.get("precision")) in ("16-mixed", "16") and not cuda:
+        from mlnotes_zoo.scale.strategies import cpu_mixed_precision
+
+        kwargs.pop("precision")
+        kwargs["plugins"] = [*(kwargs.get("plugins") or []), cpu_mixed_precision()]
+    return kwargs
