@@ -32,7 +32,7 @@ test: $(STAMP)
 
 # Peer implementations (normflows, ...) are installed for benchmarking only.
 bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet -r requirements-bench.txt
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-bench.txt
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
 
 lint: $(STAMP)

@@ -56,3 +56,10 @@ def test_wrong_override_is_a_short_error_naming_the_choices(run_train, tmp_path,
     for name in names:
         assert name in err
     assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("model", group_options("model"))
+def test_every_model_config_exposes_the_scale_switches(make_cfg, model):
+    # `model.activation_checkpointing=true` must work without "+" for every model
+    cfg = make_cfg(f"model={model}")
+    assert cfg.model.activation_checkpointing is False

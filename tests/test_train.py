@@ -76,6 +76,16 @@ def test_resume_from_last_checkpoint_continues_training(make_cfg, tmp_path):
                            resumed["state_dict"]["net.encoder.net.1.weight"])
 
 
+def test_last_checkpoint_is_the_latest_state_even_when_the_metric_stops_improving(
+        make_cfg, tmp_path):
+    # monitor_mode=max on a loss: only epoch 0 is ever "best"
+    main(make_cfg("model=vae", "trainer.max_epochs=3", "model.net.hidden=64",
+                  "+model.monitor_mode=max"))
+    ckpts = tmp_path / "checkpoints"
+    assert [p.name for p in ckpts.glob("best-*.ckpt")] == ["best-epoch000.ckpt"]
+    assert torch.load(ckpts / "last.ckpt", weights_only=True)["epoch"] == 2
+
+
 @pytest.mark.slow
 def test_cli_multirun_sweeps_the_shorthand_net_key(run_train, tmp_path):
     out = run_train("-m", "model.latent_dim=2,8", "trainer.max_epochs=1",

@@ -1,5 +1,7 @@
 """Objectives, each a named function tested on its own."""
 
+from mlnotes_zoo.losses.contrastive import gather_with_grad, nt_xent, supcon
+from mlnotes_zoo.losses.ctc import ctc_loss
 from mlnotes_zoo.losses.elbo import (
     bernoulli_log_likelihood,
     elbo,
@@ -8,12 +10,68 @@ from mlnotes_zoo.losses.elbo import (
     iwae_bound,
     log_normal,
 )
+from mlnotes_zoo.losses.flows import (
+    bits_per_dim,
+    flow_log_likelihood,
+    flow_nll,
+    uniform_dequantize,
+)
+from mlnotes_zoo.losses.gan import (
+    critic_loss,
+    discriminator_loss,
+    gradient_penalty,
+    interpolate,
+    non_saturating_generator_loss,
+    wasserstein_generator_loss,
+)
+from mlnotes_zoo.losses.pondernet import (
+    expected_steps,
+    halting_distribution,
+    halting_kl,
+    ponder_loss,
+    reconstruction_loss,
+    truncated_geometric,
+)
+from mlnotes_zoo.losses.sequence import bits_per_char, sequence_exact_match, token_cross_entropy
+from mlnotes_zoo.losses.vqvae import (
+    codebook_loss,
+    commitment_loss,
+    reconstruction_error,
+    vqvae_loss,
+)
 
 __all__ = [
+    "ctc_loss",
+    "gather_with_grad",
+    "nt_xent",
+    "supcon",
+    "bits_per_dim",
+    "flow_log_likelihood",
+    "flow_nll",
+    "uniform_dequantize",
     "bernoulli_log_likelihood",
     "elbo",
     "gaussian_kl_standard_normal",
     "gaussian_log_likelihood",
     "iwae_bound",
     "log_normal",
+    "critic_loss",
+    "discriminator_loss",
+    "gradient_penalty",
+    "interpolate",
+    "non_saturating_generator_loss",
+    "wasserstein_generator_loss",
+    "expected_steps",
+    "halting_distribution",
+    "halting_kl",
+    "ponder_loss",
+    "reconstruction_loss",
+    "truncated_geometric",
+    "bits_per_char",
+    "sequence_exact_match",
+    "token_cross_entropy",
+    "codebook_loss",
+    "commitment_loss",
+    "reconstruction_error",
+    "vqvae_loss",
 ]

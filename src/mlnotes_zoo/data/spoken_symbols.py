@@ -1,0 +1,214 @@
+"""Spoken symbols: an embedded, deterministic generator of speech-like utterances.
+
+Each utterance says 3-12 symbols drawn from a small alphabet (digits and a few letters).
+Every symbol has its own sound, built like a syllable of speech: an optional consonant
+onset (a hiss, a hush or a plosive burst) then a voiced nucleus, a sum of harmonics of a
+pitch f0 shaped by two or three formant resonances, steady or gliding (a diphthong). Per
+utterance a "speaker" draws a pitch, a vocal-tract scale of the formants and a speaking
+rate; per symbol the duration, pitch contour, formants and loudness jitter, consecutive
+symbols overlap and their formants glide into each other (coarticulation), and
+background noise is added at 8-30 dB SNR. Frame counts therefore say nothing about the
+labels: a model has to learn the alignment. Train, validation and test are disjoint in
+symbol sequences (each sequence belongs to one split by a hash), and the test split
+depends only on ``seed`` and ``test_size``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import zlib
+
+import numpy as np
+import torch
+
+from mlnotes_zoo.data.speech import SpeechDataModule, Utterance
+
+__all__ = ["SpokenSymbolsDataModule", "symbol_sounds", "render_utterance"]
+
+# Vowel formants F1, F2, F3 (Hz) of an adult voice (Peterson & Barney 1952, rounded).
+VOWELS = {
+    "a": (730, 1090, 2440), "i": (270, 2290, 3010), "u": (300, 870, 2240),
+    "e": (530, 1840, 2480), "o": (570, 840, 2410), "ae": (660, 1720, 2410),
+    "er": (490, 1350, 1690),
+}
+ONSETS = ("", "s", "sh", "t")
+# (onset, start vowel, end vowel) of the first 16 symbols, chosen to be distinct;
+# more symbols take further combinations in a fixed order.
+FIRST_SOUNDS = [
+    ("", "a", "a"), ("", "i", "i"), ("", "u", "u"), ("", "e", "e"), ("", "o", "o"),
+    ("s", "a", "a"), ("s", "i", "i"), ("t", "u", "u"), ("t", "e", "e"), ("sh", "o", "o"),
+    ("", "a", "i"), ("", "o", "i"), ("", "e", "u"), ("t", "ae", "ae"), ("sh", "er", "er"),
+    ("", "er", "er"),
+]
+SPLITS = ("train", "val", "test")
+
+
+def symbol_sounds(num_symbols: int) -> list[tuple[str, str, str]]:
+    """The (onset, start vowel, end vowel) recipe of each of ``num_symbols`` symbols."""
+    sounds = list(FIRST_SOUNDS)
+    for combo in itertools.product(ONSETS, VOWELS, VOWELS):
+        if len(sounds) >= num_symbols:
+            break
+        if combo not in sounds:
+            sounds.append(combo)
+    if num_symbols > len(sounds):
+        raise ValueError(f"at most {len(sounds)} distinct symbol sounds, asked {num_symbols}")
+    return sounds[:num_symbols]
+
+
+def _raised_cosine_envelope(n: int, attack: int, release: int) -> np.ndarray:
+    env = np.ones(n)
+    attack, release = min(attack, n // 2), min(release, n // 2)
+    env[:attack] = 0.5 - 0.5 * np.cos(np.pi * np.arange(attack) / max(attack, 1))
+    env[n - release:] = 0.5 + 0.5 * np.cos(np.pi * np.arange(release) / max(release, 1))
+    return env
+
+
+def _band_noise(rng: np.random.Generator, n: int, low: float, high: float, sr: int) -> np.ndarray:
+    spec = np.fft.rfft(rng.standard_normal(n))
+    freqs = np.fft.rfftfreq(n, 1 / sr)
+    spec[(freqs < low) | (freqs > high)] = 0
+    out = np.fft.irfft(spec, n)
+    return out / (np.abs(out).max() + 1e-9)
+
+
+def _voiced(rng: np.random.Generator, n: int, sr: int, f0: np.ndarray, formants: np.ndarray,
+            ) -> np.ndarray:
+    """Harmonics of the pitch track f0 (n,) weighted by formant tracks (n, 3)."""
+    step = max(1, sr // 100)  # formant gains are smooth: compute them every 10 ms
+    coarse = np.arange(0, n + step, step).clip(max=n - 1)
+    top = min(sr / 2 - 200, 3800.0)  # the formants stay below 3.5 kHz
+    k = np.arange(1, int(top / f0.max()) + 1)[:, None]  # (K, 1) harmonic numbers
+    bandwidth = np.array([90.0, 110.0, 170.0])
+    gains = np.array([1.0, 0.6, 0.3])
+    freq = k * f0[coarse][None]  # (K, n_coarse)
+    amp = sum(gains[j] * np.exp(-0.5 * ((freq - formants[coarse, j][None]) / bandwidth[j]) ** 2)
+              for j in range(3)) / np.sqrt(k)  # formant peaks with a -3 dB/octave tilt
+    # linear interpolation of the 10 ms gains to every sample
+    pos = np.arange(n) / step
+    i0 = pos.astype(np.int64)
+    frac = (pos - i0).astype(np.float32)
+    amp = amp.astype(np.float32)
+    amp_full = amp[:, i0] * (1 - frac) + amp[:, i0 + 1] * frac  # (K, n)
+    phase = (2 * np.pi * np.cumsum(f0) / sr).astype(np.float32)
+    offsets = rng.uniform(0, 2 * np.pi, (len(k), 1)).astype(np.float32)
+    return (amp_full * np.sin(k.astype(np.float32) * phase[None] + offsets)).sum(0)
+
+
+def render_utterance(symbols: list[int], sounds: list[tuple[str, str, str]],
+                     rng: np.random.Generator, sample_rate: int) -> np.ndarray:
+    """Waveform (float32, peak ≤ 1) saying ``symbols`` (indices into ``sounds``)."""
+    sr = sample_rate
+    pitch = rng.uniform(95, 230)  # speaker's mean f0 (Hz)
+    tract = rng.uniform(0.88, 1.15)  # vocal-tract length: scales every formant
+    rate = rng.uniform(0.75, 1.35)  # speaking rate
+    pieces: list[tuple[int, np.ndarray]] = []  # (start sample, signal)
+    cursor = int(rng.uniform(0.05, 0.25) * sr)
+    previous_end = None
+    for index in symbols:
+        onset, v_start, v_end = sounds[index]
+        duration = int(rng.uniform(0.11, 0.19) / rate * sr)
+        signal_parts = []
+        if onset in ("s", "sh"):
+            low, high = (2600, 3900) if onset == "s" else (1600, 2900)
+            m = int(rng.uniform(0.04, 0.07) / rate * sr)
+            signal_parts.append(0.35 * _band_noise(rng, m, low, min(high, sr / 2 - 50), sr)
+                                * _raised_cosine_envelope(m, m // 4, m // 4))
+        elif onset == "t":
+            m = int(0.012 * sr)
+            burst = 0.6 * _band_noise(rng, m, 500, sr / 2 - 50, sr) * np.hanning(m)
+            signal_parts.append(np.concatenate([np.zeros(int(0.015 * sr)), burst]))
+        # pitch: declination across the syllable plus a random rise/fall and jitter
+        f0 = pitch * rng.uniform(0.9, 1.1) * np.linspace(1.0, rng.uniform(0.85, 1.12), duration)
+        f0 *= 1 + 0.01 * rng.standard_normal() * np.sin(np.linspace(0, 6, duration))
+        start_f = np.array(VOWELS[v_start]) * tract * rng.uniform(0.95, 1.05, 3)
+        end_f = np.array(VOWELS[v_end]) * tract * rng.uniform(0.95, 1.05, 3)
+        glide = np.clip(np.linspace(-0.3, 1.3, duration), 0, 1)[:, None]
+        formants = start_f[None] * (1 - glide) + end_f[None] * glide  # (n, 3)
+        if previous_end is not None:  # coarticulation: enter from the previous symbol
+            entry = np.exp(-np.arange(duration) / (0.03 * sr))[:, None]
+            formants = formants * (1 - 0.6 * entry) + previous_end[None] * 0.6 * entry
+        previous_end = formants[-1]
+        voiced = _voiced(rng, duration, sr, f0, formants)
+        voiced = voiced / (np.abs(voiced).max() + 1e-9)
+        voiced *= _raised_cosine_envelope(duration, int(0.02 * sr), int(0.04 * sr))
+        signal_parts.append(voiced * rng.uniform(0.6, 1.0))
+        syllable = np.concatenate(signal_parts)
+        pieces.append((cursor, syllable))
+        overlap = rng.uniform(0.0, 0.25) * duration
+        gap = rng.uniform(0.0, 0.06) * sr if rng.random() < 0.3 else 0.0
+        cursor += int(len(syllable) - overlap + gap)
+    total = cursor + int(rng.uniform(0.05, 0.25) * sr)
+    wave = np.zeros(total)
+    for start, signal in pieces:
+        wave[start : start + len(signal)] += signal[: total - start]
+    speech_rms = np.sqrt(np.mean(wave**2) + 1e-12)
+    snr_db = rng.uniform(8, 30)
+    noise = rng.standard_normal(total)
+    if rng.random() < 0.5:  # brown-ish noise for half of the utterances
+        noise = np.cumsum(noise)
+        noise -= np.convolve(noise, np.ones(201) / 201, mode="same")
+    noise *= speech_rms / (np.sqrt(np.mean(noise**2)) + 1e-12) * 10 ** (-snr_db / 20)
+    wave = wave + noise
+    wave *= rng.uniform(0.3, 0.9) / (np.abs(wave).max() + 1e-9)
+    return wave.astype(np.float32)
+
+
+def _split_of(sequence: str, salt: int) -> str:
+    bucket = zlib.crc32(f"{salt}:{sequence}".encode()) % 10
+    return "test" if bucket == 0 else "val" if bucket == 1 else "train"
+
+
+class SpokenSymbolsDataModule(SpeechDataModule):
+    """Generated spoken-symbol utterances (see the module docstring); no files, no download.
+
+    Args:
+        vocab: the alphabet; symbol i of it gets sound ``symbol_sounds(len(vocab))[i]``.
+        train_size, val_size, test_size: utterances per split.
+        min_symbols, max_symbols: symbols per utterance (uniform).
+        sample_rate: of the generated audio (8 kHz: formants reach 3 kHz).
+        seed: of the sequences and their renderings (and of the split hash).
+        batch_size, num_workers: see :class:`~mlnotes_zoo.data.speech.SpeechDataModule`.
+    """
+
+    def __init__(
+        self,
+        *,
+        vocab: str = "0123456789abcdef",
+        train_size: int = 3000,
+        val_size: int = 200,
+        test_size: int = 400,
+        min_symbols: int = 3,
+        max_symbols: int = 12,
+        sample_rate: int = 8000,
+        seed: int = 0,
+        **kwargs,
+    ) -> None:
+        super().__init__(vocab=vocab, sample_rate=sample_rate, **kwargs)
+        if not 1 <= min_symbols <= max_symbols:
+            raise ValueError(f"need 1 <= min_symbols <= max_symbols, got {min_symbols}, "
+                             f"{max_symbols}")
+        self.sizes = {"train": train_size, "val": val_size, "test": test_size}
+        self.min_symbols, self.max_symbols = min_symbols, max_symbols
+        self.seed = seed
+        self.sounds = symbol_sounds(len(vocab))
+
+    def sequences(self, split: str, count: int) -> list[str]:
+        """``count`` symbol strings that hash to ``split`` (seeded per split)."""
+        rng = np.random.default_rng([self.seed, SPLITS.index(split)])
+        out: list[str] = []
+        while len(out) < count:
+            n = int(rng.integers(self.min_symbols, self.max_symbols + 1))
+            text = "".join(self.vocab[i] for i in rng.integers(0, len(self.vocab), n))
+            if _split_of(text, self.seed) == split:
+                out.append(text)
+        return out
+
+    def load_split(self, split: str) -> list[Utterance]:
+        utterances = []
+        for i, text in enumerate(self.sequences(split, self.sizes[split])):
+            rng = np.random.default_rng([self.seed, SPLITS.index(split), i, 1])
+            symbols = [self.vocab.index(ch) for ch in text]
+            wave = render_utterance(symbols, self.sounds, rng, self.sample_rate)
+            utterances.append(Utterance(torch.from_numpy(wave), text))
+        return utterances

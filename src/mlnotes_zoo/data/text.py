@@ -1,0 +1,122 @@
+"""A character corpus for language modelling: any UTF-8 text file, or Python's own docs.
+
+Text is modelled as UTF-8 bytes (vocabulary 256), so any file works with a fixed model
+size; for ASCII text a byte is a character, and bits per character are computed over
+characters anyway (a character's probability is the product of its bytes' probabilities).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+__all__ = ["TextDataModule", "default_corpus", "is_char_start"]
+
+VOCAB_SIZE = 256
+
+
+def default_corpus() -> str:
+    """The standard library's documentation topics (``pydoc_data.topics``, ~465k
+    characters of the Python language reference), shipped with every CPython."""
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[k] for k in sorted(topics))
+
+
+def is_char_start(byte_tokens: Tensor) -> Tensor:
+    """True at bytes that begin a UTF-8 character (not continuation bytes 0b10xxxxxx)."""
+    return (byte_tokens & 0xC0) != 0x80
+
+
+class _Windows(Dataset):
+    """Item i = (x, y) = (text[i : i+T], text[i+1 : i+T+1]) at start ``i·stride``."""
+
+    def __init__(self, data: Tensor, block_size: int, stride: int) -> None:
+        self.data, self.block_size, self.stride = data, block_size, stride
+
+    def __len__(self) -> int:
+        return max(0, (len(self.data) - self.block_size - 1) // self.stride + 1)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        chunk = self.data[i * self.stride : i * self.stride + self.block_size + 1]
+        return chunk[:-1], chunk[1:]
+
+
+class TextDataModule(pl.LightningDataModule):
+    """Batches ``(x, y)`` of byte tokens (B, block_size), y = x shifted by one.
+
+    The text is cut into consecutive train / val / test parts (the last ``val_fraction``
+    and ``test_fraction`` of it are held out). Training draws ``train_samples`` windows at
+    random offsets per epoch; validation and test cover their parts with non-overlapping
+    windows, so each held-out byte is predicted at most once (all but the first byte and
+    a final partial window).
+
+    Args:
+        path: a UTF-8 text file; None = the standard library's documentation topics.
+        block_size: context length T (at most the model's max_len).
+        batch_size: windows per batch.
+        train_samples: random training windows per epoch.
+        val_fraction, test_fraction: trailing parts of the text held out.
+    """
+
+    vocab_size = VOCAB_SIZE
+
+    def __init__(self, *, path: str | None = None, block_size: int = 128, batch_size: int = 64,
+                 train_samples: int = 1024, val_fraction: float = 0.05,
+                 test_fraction: float = 0.05, num_workers: int = 0) -> None:
+        super().__init__()
+        if not (0 < val_fraction and 0 < test_fraction and val_fraction + test_fraction < 1):
+            raise ValueError("val_fraction and test_fraction must be > 0 and sum to < 1")
+        self.path = None if path is None else str(Path(path).expanduser())
+        self.block_size, self.batch_size, self.train_samples = block_size, batch_size, \
+            train_samples
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.num_workers = num_workers
+        self.splits: dict[str, _Windows] = {}
+
+    def read_text(self) -> str:
+        if self.path is None:
+            return default_corpus()
+        if not Path(self.path).is_file():
+            raise FileNotFoundError(f"text file not found: {self.path!r} (set data.path=<file>)")
+        return Path(self.path).read_text(encoding="utf-8")
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        data = torch.frombuffer(bytearray(self.read_text().encode("utf-8")), dtype=torch.uint8)
+        data = data.long()
+        n = len(data)
+        n_test, n_val = int(n * self.test_fraction), int(n * self.val_fraction)
+        n_train = n - n_val - n_test
+        parts = {"train": data[:n_train], "val": data[n_train : n_train + n_val],
+                 "test": data[n_train + n_val :]}
+        for name, part in parts.items():
+            if len(part) < self.block_size + 1:
+                raise ValueError(f"the {name} part has {len(part)} bytes, fewer than "
+                                 f"block_size + 1 = {self.block_size + 1}: use a longer text")
+        self.splits = {
+            "train": _Windows(parts["train"], self.block_size, stride=1),
+            "val": _Windows(parts["val"], self.block_size, stride=self.block_size),
+            "test": _Windows(parts["test"], self.block_size, stride=self.block_size),
+        }
+
+    def train_dataloader(self) -> DataLoader:
+        sampler = RandomSampler(self.splits["train"], replacement=True,
+                                num_samples=self.train_samples)
+        return DataLoader(self.splits["train"], batch_size=self.batch_size, sampler=sampler,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        return DataLoader(self.splits[split], batch_size=self.batch_size, shuffle=False,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")

@@ -1,0 +1,234 @@
+"""Generative adversarial networks: DCGAN (Radford et al. 2016) and WGAN-GP (Gulrajani et al. 2017).
+
+Reads top-down: the up/down conv stages, :class:`Generator`, :class:`Discriminator`, then the
+wrapper :class:`GAN` that the registry builds as ``dcgan`` and ``wgan_gp``. The notes
+(``shared/notes/003`` "Generative Adversarial Networks") describe the game: the generator
+maps simple noise z ~ N(0, I) to data-like images to fool a discriminator that tells real
+from fake; ``shared/notes/004`` "Transposed convolution" the learnable up-sampling the
+generator is built from. The networks return outputs; :mod:`mlnotes_zoo.losses.gan` turns
+them into the non-saturating and Wasserstein losses and the gradient penalty.
+
+Images are in [0, 1] like the data modules deliver them: the generator ends in a sigmoid
+(= (tanh(2a) + 1) / 2, DCGAN's tanh output rescaled), so real and generated images share
+one range with no conversion anywhere.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from mlnotes_zoo.registry import register_model
+
+__all__ = ["GAN", "GANOutput", "Generator", "Discriminator", "UpBlock", "DownBlock"]
+
+NORMS = ("batch", "layer", "none")
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    # "layer": GroupNorm with one group normalises each example over (C, H, W), i.e. a
+    # LayerNorm. A WGAN-GP critic must not use BatchNorm: the gradient penalty is defined
+    # per example, and BatchNorm couples the examples of a batch (Gulrajani et al., §4).
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "layer":
+        return nn.GroupNorm(1, channels)
+    return nn.Identity()
+
+
+class UpBlock(nn.Module):
+    """Transposed 4×4 conv, stride 2 (doubles H and W), then norm and ReLU (DCGAN generator)."""
+
+    def __init__(self, *, in_channels: int, out_channels: int, norm: str = "batch") -> None:
+        super().__init__()
+        self.conv = nn.ConvTranspose2d(in_channels, out_channels, 4, stride=2, padding=1,
+                                       bias=norm == "none")
+        self.norm = _norm(norm, out_channels)
+        self.act = nn.ReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.norm(self.conv(x)))  # (B, out, 2H, 2W)
+
+
+class DownBlock(nn.Module):
+    """Strided 4×4 conv (halves H and W), then norm and LeakyReLU(0.2) (DCGAN discriminator)."""
+
+    def __init__(self, *, in_channels: int, out_channels: int, norm: str = "batch") -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 4, stride=2, padding=1,
+                              bias=norm == "none")
+        self.norm = _norm(norm, out_channels)
+        self.act = nn.LeakyReLU(0.2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.norm(self.conv(x)))  # (B, out, H/2, W/2)
+
+
+class Generator(nn.Module):
+    """z (B, L) -> images (B, C, H, W) in [0, 1].
+
+    A linear layer makes a (width·2^(S−1), H/2^S, W/2^S) map; S :class:`UpBlock` stages halve
+    the channels and double the side; a 3×3 conv gives the C image channels.
+    """
+
+    def __init__(self, *, in_shape: tuple[int, int, int], latent_dim: int, width: int,
+                 num_stages: int, norm: str = "batch") -> None:
+        super().__init__()
+        c, h, w = in_shape
+        scale = 2**num_stages
+        channels = [width * 2 ** (num_stages - 1 - i) for i in range(num_stages)] + [width]
+        self.seed_shape = (channels[0], h // scale, w // scale)
+        self.project = nn.Sequential(
+            nn.Linear(latent_dim, channels[0] * (h // scale) * (w // scale), bias=norm == "none"),
+            nn.Unflatten(1, self.seed_shape),  # (B, 2^(S-1)·width, H/2^S, W/2^S)
+            _norm(norm, channels[0]),
+            nn.ReLU(),
+        )
+        self.stages = nn.Sequential(*[
+            UpBlock(in_channels=channels[i], out_channels=channels[i + 1], norm=norm)
+            for i in range(num_stages)
+        ])  # (B, width, H, W)
+        self.to_image = nn.Conv2d(width, c, 3, padding=1)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return torch.sigmoid(self.to_image(self.stages(self.project(z))))
+
+
+class Discriminator(nn.Module):
+    """Images (B, C, H, W) -> one logit (DCGAN) or critic value (WGAN) per image, (B,).
+
+    S :class:`DownBlock` stages (the first without norm, as in DCGAN) double the channels and
+    halve the side; a linear layer reads the final map.
+    """
+
+    def __init__(self, *, in_shape: tuple[int, int, int], width: int, num_stages: int,
+                 norm: str = "batch") -> None:
+        super().__init__()
+        c, h, w = in_shape
+        scale = 2**num_stages
+        channels = [c] + [width * 2**i for i in range(num_stages)]
+        self.stages = nn.Sequential(*[
+            DownBlock(in_channels=channels[i], out_channels=channels[i + 1],
+                      norm="none" if i == 0 else norm)
+            for i in range(num_stages)
+        ])  # (B, width·2^(S-1), H/2^S, W/2^S)
+        self.head = nn.Linear(channels[-1] * (h // scale) * (w // scale), 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.stages(x).flatten(1)).squeeze(-1)
+
+
+class GANOutput(NamedTuple):
+    images: Tensor  # G(z), (B, C, H, W) in [0, 1]
+    logits: Tensor  # D(G(z)), (B,)
+
+
+class GAN(nn.Module):
+    """A generator G and a discriminator/critic D; ``forward(z)`` returns G(z) and D(G(z)).
+
+    Training alternates updates of D and G (``lit/gan.py``), so the two halves are
+    reachable as ``net.generator`` and ``net.discriminator``; the forward exists for the
+    registry contract (every parameter reaches an output) and for benchmarks.
+
+    Args:
+        in_shape: (C, H, W) of the images; H and W divisible by 2^num_stages.
+        latent_dim: L, the size of z ~ N(0, I).
+        gen_width, disc_width: channels of the last generator / first discriminator stage;
+            each other stage doubles them.
+        num_stages: up-sampling stages in G = down-sampling stages in D.
+        gen_norm: ``"batch"`` | ``"layer"`` | ``"none"`` after each generator stage.
+        disc_norm: the same for the discriminator stages after the first (``"layer"`` or
+            ``"none"`` for a WGAN-GP critic).
+        generator, discriminator: pass your own modules to replace the built-in ones.
+    """
+
+    repeated_blocks: ClassVar[tuple[type[nn.Module], ...]] = (UpBlock, DownBlock)
+
+    def __init__(
+        self,
+        *,
+        in_shape: tuple[int, int, int] = (1, 8, 8),
+        latent_dim: int = 64,
+        gen_width: int = 64,
+        disc_width: int = 64,
+        num_stages: int = 2,
+        gen_norm: Literal["batch", "layer", "none"] = "batch",
+        disc_norm: Literal["batch", "layer", "none"] = "batch",
+        generator: nn.Module | None = None,
+        discriminator: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        in_shape = tuple(in_shape)
+        if len(in_shape) != 3:
+            raise ValueError(f"in_shape must be (C, H, W), got {in_shape}")
+        if num_stages < 1 or in_shape[1] % 2**num_stages or in_shape[2] % 2**num_stages:
+            raise ValueError(f"num_stages={num_stages} needs H and W divisible by "
+                             f"2**num_stages, got in_shape={in_shape}")
+        for name, norm in (("gen_norm", gen_norm), ("disc_norm", disc_norm)):
+            if norm not in NORMS:
+                raise ValueError(f"{name} must be one of {NORMS}, got {norm!r}")
+        self.in_shape = in_shape
+        self.latent_dim = latent_dim
+        self.generator = generator if generator is not None else Generator(
+            in_shape=in_shape, latent_dim=latent_dim, width=gen_width, num_stages=num_stages,
+            norm=gen_norm)
+        self.discriminator = discriminator if discriminator is not None else Discriminator(
+            in_shape=in_shape, width=disc_width, num_stages=num_stages, norm=disc_norm)
+
+    def forward(self, z: Tensor) -> GANOutput:
+        images = self.generator(z)
+        return GANOutput(images, self.discriminator(images))
+
+    def noise(self, num_samples: int, *, generator: torch.Generator | None = None) -> Tensor:
+        """z ~ N(0, I): (num_samples, L) on the network's device."""
+        device = next(self.parameters()).device
+        return torch.randn(num_samples, self.latent_dim, device=device, generator=generator)
+
+    def example_input(self, batch_size: int = 2) -> Tensor:
+        """A batch of noise vectors z for tests and benchmarks."""
+        return torch.randn(batch_size, self.latent_dim)
+
+    @torch.no_grad()
+    def sample(self, num_samples: int, *, temperature: float = 1.0,
+               generator: torch.Generator | None = None) -> Tensor:
+        """Images G(z), z ~ N(0, temperature²·I): (num_samples, C, H, W) in [0, 1]."""
+        return self.generator(temperature * self.noise(num_samples, generator=generator))
+
+
+@register_model("dcgan")
+def dcgan(
+    *,
+    in_shape: tuple[int, int, int] = (1, 8, 8),
+    latent_dim: int = 64,
+    gen_width: int = 64,
+    disc_width: int = 64,
+    num_stages: int = 2,
+    gen_norm: Literal["batch", "layer", "none"] = "batch",
+    disc_norm: Literal["batch", "layer", "none"] = "batch",
+) -> GAN:
+    """DCGAN: BatchNorm in both networks, D outputs a logit of P(real)."""
+    return GAN(in_shape=in_shape, latent_dim=latent_dim, gen_width=gen_width,
+               disc_width=disc_width, num_stages=num_stages, gen_norm=gen_norm,
+               disc_norm=disc_norm)
+
+
+@register_model("wgan_gp")
+def wgan_gp(
+    *,
+    in_shape: tuple[int, int, int] = (1, 8, 8),
+    latent_dim: int = 64,
+    gen_width: int = 64,
+    disc_width: int = 64,
+    num_stages: int = 2,
+    gen_norm: Literal["batch", "layer", "none"] = "batch",
+    disc_norm: Literal["batch", "layer", "none"] = "layer",
+) -> GAN:
+    """WGAN-GP: the same generator; a critic with per-example (layer) norm, no sigmoid."""
+    if disc_norm == "batch":
+        raise ValueError("wgan_gp: disc_norm='batch' mixes the examples of a batch, so the "
+                         "per-example gradient penalty is wrong; use 'layer' or 'none'")
+    return GAN(in_shape=in_shape, latent_dim=latent_dim, gen_width=gen_width,
+               disc_width=disc_width, num_stages=num_stages, gen_norm=gen_norm,
+               disc_norm=disc_norm)
