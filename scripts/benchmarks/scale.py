@@ -23,6 +23,7 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 GPT = {"num_layers": 8, "dim": 128, "num_heads": 4, "max_len": 128, "dropout": 0.0}
 REALNVP = {"num_couplings": 4, "num_scales": 2, "hidden": 64}
+GLOW: dict = {}  # the zoo's default Glow: 2 levels x 4 steps
 
 
 def _saved_bytes(model, args) -> int:
@@ -60,12 +61,12 @@ def _step_time(model, args, repeats: int = 10) -> float:
 
 def bench_checkpointing() -> dict:
     """Step time and saved-activation bytes with/without checkpointing (target ≤1.4× time
-    for ≥4× less memory), for the GPT and RealNVP of the zoo."""
+    for ≥4× less memory), for the GPT, Glow and RealNVP of the zoo."""
     from mlnotes_zoo import create_model
     from mlnotes_zoo.scale.checkpointing import apply_activation_checkpointing
 
     results = {}
-    for name, kwargs, batch in (("gpt", GPT, 16), ("realnvp", REALNVP, 64)):
+    for name, kwargs, batch in (("gpt", GPT, 16), ("glow", GLOW, 64), ("realnvp", REALNVP, 64)):
         torch.manual_seed(0)
         plain = create_model(name, **kwargs).train()
         wrapped = copy.deepcopy(plain)
