@@ -48,7 +48,7 @@ def _loss(out):
     return sum(_loss(o) for o in values)
 
 
-def _step_time(model, args, repeats: int = 10) -> float:
+def _step_time(model, args, repeats: int = 30) -> float:
     times = []
     for i in range(repeats + 2):
         t0 = time.perf_counter()
