@@ -7,8 +7,10 @@ labml's ``Configs.step`` (discriminator update on real and detached fakes, then 
 update that samples z and runs G again, with its label-smoothed ``DiscriminatorLogitsLoss``
 / ``GeneratorLogitsLoss``) against ours (one G forward reused for both updates, plain
 non-saturating loss). Both use Adam(2e-4, β=(0.5, 0.999)) and batch 64 of MNIST-shaped
-images. Also timed: our own conv stack at a similar parameter count
-(``gen_width=320, disc_width=448``). Target: ratio ours / labml ≤ 1.0.
+images. Also timed: our own conv stack (``models/gan.py``) configured to labml's architecture
+layer for layer — ``latent_dim=100, gen_width=256, disc_width=256, num_stages=3`` gives the
+same widths, kernels and resolutions (28 -> 14 -> 7 -> 3, the odd step a 3×3 kernel), the
+same parameter count up to 258 biases. Target: ratio ours / labml ≤ 1.0.
 Peer: ``pip install --no-deps labml-nn labml`` (``requirements-bench.txt``).
 """
 
@@ -87,8 +89,8 @@ def bench_dcgan_step(batch_size: int = 64, repeats: int = 5, inner: int = 2) -> 
     labml_g, labml_d = Generator(), Discriminator()
     ours_same = GAN(in_shape=(1, 28, 28), latent_dim=100, generator=Generator(),
                     discriminator=Discriminator())
-    ours_native = create_model("dcgan", in_shape=(1, 28, 28), latent_dim=100, gen_width=320,
-                               disc_width=448)
+    ours_native = create_model("dcgan", in_shape=(1, 28, 28), latent_dim=100, gen_width=256,
+                               disc_width=256, num_stages=3)  # labml's nets, layer for layer
     steps = {"ours_same_nets": _our_step(ours_same), "labml": _labml_step(labml_g, labml_d),
              "ours_native": _our_step(ours_native)}
     for step in steps.values():  # warm-up
@@ -108,6 +110,7 @@ def bench_dcgan_step(batch_size: int = 64, repeats: int = 5, inner: int = 2) -> 
         "image": [1, 28, 28],
         "params_labml": params(labml_g, labml_d),
         "params_ours_native": params(ours_native),
+        "ours_native_config": "gen_width=256, disc_width=256, num_stages=3, latent_dim=100",
         "step_s_ours_same_nets": round(med["ours_same_nets"], 4),
         "step_s_labml": round(med["labml"], 4),
         "step_s_ours_native": round(med["ours_native"], 4),

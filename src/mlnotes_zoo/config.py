@@ -34,7 +34,9 @@ def group_options(group: str) -> list[str]:
 
 
 def _groups() -> list[str]:
-    return sorted(p.name for p in config_dir().iterdir() if p.is_dir() and p.name != "hydra")
+    # schedule/ holds per-model trainer keys that a model config pulls in itself
+    hidden = {"hydra", "schedule"}
+    return sorted(p.name for p in config_dir().iterdir() if p.is_dir() and p.name not in hidden)
 
 
 def check_overrides(overrides: list[str]) -> list[str]:
@@ -84,7 +86,46 @@ def check_overrides(overrides: list[str]) -> list[str]:
             valid += [str(k) for k in node.net.keys() if not str(k).startswith("_") and k != "name"]
         raise UsageError(_unknown(f"key {key!r}", leaf, valid, parent or "the config",
                                   hint="; add new keys with +key=value"))
-    return [rewritten.get(a, a) for a in overrides]
+    checked = [rewritten.get(a, a) for a in overrides]
+    check_values(checked)
+    return checked
+
+
+def check_values(overrides: list[str], *, max_composes: int = 24) -> None:
+    """Compose the run's config and validate every value against the constructors' types
+    and ranges (:mod:`mlnotes_zoo.schema`); each value of a sweep is composed at least once.
+
+    Raises :class:`UsageError` naming the key, the value and what is allowed.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    from mlnotes_zoo.schema import validate_config
+
+    fixed: list[str] = []
+    sweeps: list[tuple[str, list[str]]] = []
+    for o in OverridesParser.create().parse_overrides(
+            [a for a in overrides if not a.startswith("-")]):
+        if o.key_or_group.startswith("hydra"):
+            continue  # hydra.run.dir=..., hydra/launcher=...: Hydra's own settings
+        if not o.is_sweep_override():
+            fixed.append(o.input_line)
+            continue
+        try:
+            values = list(o.sweep_string_iterator())
+        except HydraException:
+            continue  # interval()/glob() sweeps are expanded by the sweeper
+        sweeps.append((o.get_key_element(), values))
+    firsts = [f"{key}={values[0]}" for key, values in sweeps]
+    variants = [fixed + firsts]
+    for j, (key, values) in enumerate(sweeps):
+        variants += [fixed + firsts[:j] + [f"{key}={v}"] + firsts[j + 1:] for v in values[1:]]
+    for variant in variants[:max_composes]:
+        try:
+            cfg = _compose(variant)
+        except HydraException as err:
+            raise UsageError(f"cannot apply overrides: {str(err).splitlines()[0]}") from None
+        validate_config(cfg)
 
 
 def _unknown(what: str, name: str, valid: list[str], where: str, hint: str = "") -> str:

@@ -74,8 +74,12 @@ def test_shapes_datamodule_splits():
     # the test split depends on split_seed only, not on the training seed
     other = ShapesDataModule(num_train=6, num_val=3, num_test=4, seed=9)
     other.setup("test")
-    assert torch.equal(dm.splits["test"].images, other.splits["test"].images)
-    assert not torch.equal(dm.splits["train"].images, other.splits["train"].images)
+    assert torch.equal(dm.splits["test"][3][0], other.splits["test"][3][0])
+    assert not torch.equal(dm.splits["train"][0][0], other.splits["train"][0][0])
+    # image i is the same whatever order the split is read in
+    fresh = ShapesDataModule(num_train=6, num_val=3, num_test=4, seed=9)
+    fresh.setup("test")
+    assert torch.equal(fresh.splits["test"][3][1]["masks"], other.splits["test"][3][1]["masks"])
     with pytest.raises(ValueError, match="num_classes must be 4"):
         ShapesDataModule(num_classes=3)
 

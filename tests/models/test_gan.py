@@ -11,7 +11,9 @@ from mlnotes_zoo.models.gan import GAN, DownBlock, UpBlock
 
 
 @pytest.mark.parametrize(("name", "in_shape", "num_stages"), [
-    ("dcgan", (1, 8, 8), 2), ("wgan_gp", (1, 28, 28), 2), ("dcgan", (3, 32, 32), 3)])
+    ("dcgan", (1, 8, 8), 2), ("wgan_gp", (1, 28, 28), 2), ("dcgan", (3, 32, 32), 3),
+    ("dcgan", (1, 28, 28), 3),  # 28 -> 14 -> 7 -> 3: the odd step takes a 3×3 kernel
+])
 def test_shapes_range_and_stages(name, in_shape, num_stages):
     torch.manual_seed(0)
     net = create_model(name, in_shape=in_shape, num_stages=num_stages, latent_dim=16,
@@ -21,12 +23,13 @@ def test_shapes_range_and_stages(name, in_shape, num_stages):
     assert images.min() >= 0 and images.max() <= 1
     assert net.sample(5).shape == (5, *in_shape)
     blocks = [type(m) for m in net.modules() if isinstance(m, GAN.repeated_blocks)]
-    assert blocks.count(UpBlock) == num_stages and blocks.count(DownBlock) == num_stages
+    # G's last up-sampling conv emits the image itself (DCGAN), so it is no UpBlock
+    assert blocks.count(UpBlock) == num_stages - 1 and blocks.count(DownBlock) == num_stages
 
 
 def test_bad_sizes_and_batchnorm_critic_are_rejected():
-    with pytest.raises(ValueError, match="divisible"):
-        create_model("dcgan", in_shape=(1, 28, 28), num_stages=3)
+    with pytest.raises(ValueError, match="num_stages"):
+        create_model("dcgan", in_shape=(1, 28, 28), num_stages=5)  # 28 / 2^5 < 1
     with pytest.raises(ValueError, match="norm"):
         create_model("wgan_gp", disc_norm="batch")
     with pytest.raises(ValueError, match="gen_norm"):
@@ -51,3 +54,17 @@ def test_sampling_is_reproducible_with_a_generator():
     a = net.sample(4, generator=torch.Generator().manual_seed(5))
     b = net.sample(4, generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(a, b)
+
+
+def test_labml_mnist_dcgan_layout_by_configuration():
+    # scripts/benchmarks/gan.py compares against labml-nn's MNIST DCGAN layer for layer
+    net = create_model("dcgan", in_shape=(1, 28, 28), latent_dim=100, gen_width=256,
+                       disc_width=256, num_stages=3)
+    convs = [(tuple(m.weight.shape), m.kernel_size, m.padding) for m in net.modules()
+             if isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d)]
+    assert convs == [((1024, 512, 3, 3), (3, 3), (0, 0)), ((512, 256, 4, 4), (4, 4), (1, 1)),
+                     ((256, 1, 4, 4), (4, 4), (1, 1)),  # G: 3 -> 7 -> 14 -> 28
+                     ((256, 1, 4, 4), (4, 4), (1, 1)), ((512, 256, 4, 4), (4, 4), (1, 1)),
+                     ((1024, 512, 3, 3), (3, 3), (0, 0))]  # D: 28 -> 14 -> 7 -> 3
+    assert net.generator.seed_shape == (1024, 3, 3)
+    assert net.discriminator.head.in_features == 1024 * 3 * 3

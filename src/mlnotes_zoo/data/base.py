@@ -15,7 +15,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-__all__ = ["ImageDataModule", "TorchvisionDataModule", "split"]
+__all__ = ["ImageDataModule", "TorchvisionDataModule", "split", "BadDataError"]
+
+
+class BadDataError(ValueError):
+    """A data file that cannot be used (corrupt, truncated, inconsistent); the message names
+    the file. Missing files are ``FileNotFoundError`` instead."""
 
 
 class ImageDataModule(pl.LightningDataModule):

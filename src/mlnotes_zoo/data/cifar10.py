@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from mlnotes_zoo.data.base import TorchvisionDataModule
+from mlnotes_zoo.data.base import BadDataError, TorchvisionDataModule
 
 __all__ = ["CIFAR10DataModule"]
 
@@ -29,6 +29,18 @@ class CIFAR10DataModule(TorchvisionDataModule):
         return _read_batches(Path(self.root) / "cifar-10-batches-py", train)
 
 
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles dicts, lists and numpy arrays only: a data file must not run code."""
+
+    ALLOWED = {"_reconstruct", "ndarray", "dtype", "scalar", "_frombuffer"}
+
+    def find_class(self, module: str, name: str):
+        if module.split(".")[0] == "numpy" and name in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: a CIFAR-10 batch "
+                                     "holds only numpy arrays")
+
+
 class _Split(NamedTuple):
     data: np.ndarray  # (N, 32, 32, 3) uint8
     targets: list[int]
@@ -44,9 +56,19 @@ def _read_batches(folder: Path, train: bool) -> _Split:
         raise RuntimeError(f"missing {', '.join(missing)} in {folder}")
     data, targets = [], []
     for name in names:
-        with open(folder / name, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
-        data.append(np.asarray(entry["data"], dtype=np.uint8))
-        targets.extend(entry.get("labels", entry.get("fine_labels", [])))
+        path = folder / name
+        try:
+            with open(path, "rb") as f:
+                entry = _ArraysOnly(f, encoding="latin1").load()
+            images = np.asarray(entry["data"], dtype=np.uint8)
+            labels = list(entry.get("labels", entry.get("fine_labels", [])))
+        except Exception as err:  # noqa: BLE001 - unpickling damage takes many forms
+            raise BadDataError(f"{path}: not a CIFAR-10 python batch ({type(err).__name__}: "
+                               f"{err}); download it again") from None
+        if images.ndim != 2 or images.shape[1] != 3 * 32 * 32 or len(labels) != len(images):
+            raise BadDataError(f"{path}: expected 'data' (N, 3072) uint8 and N 'labels', got "
+                               f"data {images.shape} and {len(labels)} labels")
+        data.append(images)
+        targets.extend(labels)
     images = np.concatenate(data).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return _Split(images, targets)

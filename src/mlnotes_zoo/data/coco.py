@@ -14,11 +14,22 @@ Penn-Fudan layout (``PennFudanDataModule``): ``<root>/PNGImages/<name>.png`` and
 every instance one class ("pedestrian"); a seeded split gives validation and test images.
 
 Batches are ``(images, targets)`` lists as for :mod:`mlnotes_zoo.data.shapes`.
+
+Bad input is reported with the file it is in: a missing or unparsable annotation file, a
+missing images folder, a split with no images, a missing, unreadable or differently sized
+image. Annotations are screened when a split is loaded: a box that extends more than
+``BOX_TOLERANCE`` pixels outside its image, or an unknown category or image id, is an error
+naming the annotation file, the annotation id and the image (``on_bad="error"``, the default)
+or is dropped and counted in a logged warning (``on_bad="skip"``). Boxes within the tolerance
+are clipped to the image; boxes of zero width or height are dropped (torchvision's rule).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytorch_lightning as pl
@@ -27,15 +38,30 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from mlnotes_zoo.data.base import BadDataError
 from mlnotes_zoo.data.shapes import detection_collate, masks_to_boxes_xyxy
 
 __all__ = ["CocoDetection", "CocoDataModule", "PennFudanDataModule", "MaskFolderDetection"]
 
+log = logging.getLogger(__name__)
+
+BOX_TOLERANCE = 1.0  # pixels a box may extend past the image edge (float rounding); clipped
+
+
+def _open_image(path: Path, mode: str | None = None) -> np.ndarray:
+    """Pixels of an image file as an array; errors name the file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert(mode) if mode else image).copy()
+    except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for damaged files
+        raise BadDataError(f"{path}: cannot read image ({err})") from None
+
 
 def _read_image(path: Path) -> Tensor:
     """RGB float (3, H, W) in [0, 1]."""
-    with Image.open(path) as image:
-        array = np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+    array = _open_image(path, "RGB").astype(np.uint8)
     return torch.from_numpy(array).permute(2, 0, 1).float().div(255)
 
 
@@ -43,19 +69,80 @@ class CocoDetection(Dataset):
     """One COCO split: items are (image, target) with ``boxes`` xyxy, ``labels``, ``masks``."""
 
     def __init__(self, images_dir: str | Path, annotation_file: str | Path, *,
-                 masks: bool = True) -> None:
+                 masks: bool = True, on_bad: Literal["error", "skip"] = "error") -> None:
         from pycocotools.coco import COCO
 
+        if on_bad not in ("error", "skip"):
+            raise ValueError(f"on_bad must be 'error' or 'skip', got {on_bad!r}")
         annotation_file = Path(annotation_file)
         if not annotation_file.is_file():
             raise FileNotFoundError(f"COCO annotations not found: {annotation_file}")
         self.images_dir = Path(images_dir)
-        self.coco = COCO(str(annotation_file))
+        if not self.images_dir.is_dir():
+            raise FileNotFoundError(f"images folder not found: {self.images_dir} (the images of "
+                                    f"{annotation_file.name})")
+        try:
+            dataset = json.loads(annotation_file.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise BadDataError(f"{annotation_file}: not a COCO JSON file ({err})") from None
+        if not isinstance(dataset, dict) or not all(
+                isinstance(dataset.get(k), list) for k in ("images", "annotations", "categories")):
+            raise BadDataError(f"{annotation_file}: a COCO file needs 'images', 'annotations' "
+                               f"and 'categories' lists")
+        if not dataset["images"]:
+            raise BadDataError(f"{annotation_file}: no images listed")
+        self.annotation_file = annotation_file
+        self.coco = COCO()
+        self.coco.dataset = dataset
+        self.coco.createIndex()
         self.image_ids = sorted(self.coco.getImgIds())
         self.category_ids = sorted(self.coco.getCatIds())
         self.label_of = {cat: i + 1 for i, cat in enumerate(self.category_ids)}
         self.class_names = tuple(self.coco.cats[c]["name"] for c in self.category_ids)
         self.masks = masks
+        self.on_bad = on_bad
+        self.skipped: list[str] = []
+        self.dropped_ids = self._screen()
+
+    def _problem(self, ann: dict) -> str | None:
+        """Why annotation ``ann`` cannot be used, or None."""
+        info = self.coco.imgs.get(ann.get("image_id"))
+        if info is None:
+            return f"image_id {ann.get('image_id')} is not in 'images'"
+        if ann.get("category_id") not in self.label_of:
+            return f"category_id {ann.get('category_id')} is not in 'categories'"
+        bbox = ann.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4
+                and all(isinstance(v, (int, float)) for v in bbox)):
+            return f"bbox {bbox!r} is not [x, y, width, height]"
+        x, y, w, h = bbox
+        width, height = info.get("width"), info.get("height")
+        if width is None or height is None:
+            return f"image {info.get('file_name')} has no width/height"
+        tol = BOX_TOLERANCE
+        if x < -tol or y < -tol or x + w > width + tol or y + h > height + tol:
+            return (f"box [x={x}, y={y}, w={w}, h={h}] extends outside the {width}x{height} "
+                    f"image {info.get('file_name')}")
+        return None
+
+    def _screen(self) -> set:
+        dropped = set()
+        for ann in self.coco.dataset["annotations"]:
+            if ann.get("iscrowd", 0):
+                continue
+            reason = self._problem(ann)
+            if reason is None:
+                continue
+            where = f"{self.annotation_file}: annotation {ann.get('id')}: {reason}"
+            if self.on_bad == "error":
+                raise BadDataError(f"{where} (set data.on_bad=skip to drop such annotations)")
+            dropped.add(ann.get("id"))
+            self.skipped.append(where)
+        if self.skipped:
+            log.warning("skipped %d of %d annotations in %s; first: %s", len(self.skipped),
+                        len(self.coco.dataset["annotations"]), self.annotation_file,
+                        "; ".join(self.skipped[:3]))
+        return dropped
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -63,13 +150,21 @@ class CocoDetection(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
         image_id = self.image_ids[index]
         info = self.coco.imgs[image_id]
-        image = _read_image(self.images_dir / info["file_name"])
-        anns = [a for a in self.coco.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0)]
+        path = self.images_dir / info["file_name"]
+        image = _read_image(path)
+        if tuple(image.shape[-2:]) != (info.get("height"), info.get("width")):
+            raise BadDataError(f"{path} is {image.shape[-1]}x{image.shape[-2]} pixels but "
+                               f"{self.annotation_file} says {info.get('width')}x"
+                               f"{info.get('height')}")
+        anns = [a for a in self.coco.imgToAnns.get(image_id, [])
+                if not a.get("iscrowd", 0) and a.get("id") not in self.dropped_ids]
         boxes = []
         for a in anns:
             x, y, w, h = a["bbox"]  # COCO boxes are (x, y, width, height)
             boxes.append([x, y, x + w, y + h])
         boxes_t = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+        boxes_t[:, 0::2] = boxes_t[:, 0::2].clamp(0, info["width"])  # within BOX_TOLERANCE
+        boxes_t[:, 1::2] = boxes_t[:, 1::2].clamp(0, info["height"])
         keep = (boxes_t[:, 2] > boxes_t[:, 0]) & (boxes_t[:, 3] > boxes_t[:, 1])
         target = {
             "boxes": boxes_t[keep],
@@ -105,8 +200,11 @@ class MaskFolderDetection(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
         image = _read_image(self.image_paths[index])
-        with Image.open(self.mask_paths[index]) as m:
-            ids_map = torch.from_numpy(np.asarray(m, dtype=np.int64).copy())  # (H, W) instance ids
+        ids_map = torch.from_numpy(_open_image(self.mask_paths[index]).astype(np.int64))
+        if ids_map.dim() != 2 or tuple(ids_map.shape) != tuple(image.shape[-2:]):
+            raise BadDataError(f"{self.mask_paths[index]}: an instance-id mask must be one "
+                               f"channel of the image's size {tuple(image.shape[-2:])}, got "
+                               f"{tuple(ids_map.shape)}")  # (H, W) instance ids
         ids = ids_map.unique()
         ids = ids[ids != 0]
         masks = (ids_map[None] == ids[:, None, None]).to(torch.uint8)  # (N, H, W)
@@ -150,6 +248,8 @@ class CocoDataModule(_DetectionDataModule):
         train_split, val_split, test_split: split names (``instances_<split>.json``,
             images in ``<root>/<split>/``); the test split defaults to the validation one.
         masks: load instance masks (Mask R-CNN needs them; Faster R-CNN does not).
+        on_bad: ``"error"`` stops on the first bad annotation, naming the file and its id;
+            ``"skip"`` drops bad annotations and logs how many (see the module docstring).
         image_size: the detector resizes images so the long side is this (model config).
         num_classes: categories + 1; checked against the annotation file.
         batch_size, num_workers: DataLoader settings.
@@ -157,22 +257,27 @@ class CocoDataModule(_DetectionDataModule):
 
     def __init__(self, *, root: str = "data/coco", train_split: str = "train2017",
                  val_split: str = "val2017", test_split: str | None = None, masks: bool = True,
-                 image_size: int = 512, num_classes: int = 81, batch_size: int = 4,
-                 num_workers: int = 0) -> None:
+                 on_bad: Literal["error", "skip"] = "error", image_size: int = 512,
+                 num_classes: int = 81, batch_size: int = 4, num_workers: int = 0) -> None:
         super().__init__(image_size=image_size, num_classes=num_classes, batch_size=batch_size,
                          num_workers=num_workers)
         self.root = Path(root).expanduser()
         self.split_names = {"train": train_split, "val": val_split,
                             "test": test_split or val_split}
         self.masks = masks
+        self.on_bad = on_bad
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
+        if not self.root.is_dir() or not any(self.root.iterdir()):
+            raise FileNotFoundError(f"COCO folder {str(self.root)!r} is missing or empty: put "
+                                    f"annotations/instances_<split>.json and <split>/ images "
+                                    f"there, or set data.root=<dir>")
         for name, split in self.split_names.items():
             self.splits[name] = CocoDetection(
                 self.root / split, self.root / "annotations" / f"instances_{split}.json",
-                masks=self.masks)
+                masks=self.masks, on_bad=self.on_bad)
         train = self.splits["train"]
         for name, ds in self.splits.items():
             if ds.category_ids != train.category_ids:

@@ -16,6 +16,7 @@ never a crash inside a collate function.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import zlib
 from collections.abc import Sequence
@@ -27,6 +28,8 @@ import torch
 import torchaudio
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+
+from mlnotes_zoo.data.base import BadDataError
 
 __all__ = [
     "Utterance",
@@ -51,7 +54,7 @@ class Utterance(NamedTuple):
     text: str  # normalised transcript
 
 
-class BadAudioError(ValueError):
+class BadAudioError(BadDataError):
     """An audio file or transcript that cannot be used; the message names the file."""
 
 
@@ -283,6 +286,13 @@ class SpeechCommandsDataModule(SpeechDataModule):
         return out
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise BadAudioError(f"{path}: transcripts must be UTF-8 text ({err})") from None
+
+
 _SPLIT_DIRS = {"train": ("train",), "val": ("val", "valid", "dev"), "test": ("test",)}
 
 
@@ -311,7 +321,7 @@ class AudioFolderDataModule(SpeechDataModule):
         """Every (audio path, transcript) listed by a transcript file under ``folder``."""
         out: list[Utterance] = []
         for trans in sorted(folder.rglob("*.trans.txt")):
-            for line_no, line in enumerate(trans.read_text(encoding="utf-8").splitlines(), 1):
+            for line_no, line in enumerate(_read_text(trans).splitlines(), 1):
                 if not line.strip():
                     continue
                 utt_id, _, text = line.strip().partition(" ")
@@ -322,7 +332,7 @@ class AudioFolderDataModule(SpeechDataModule):
                                         f"{{{','.join(AUDIO_SUFFIXES)}}} beside it")
                 out.append(Utterance(str(audio), text))
         for tsv in sorted(folder.rglob("transcripts.tsv")):
-            with tsv.open(encoding="utf-8", newline="") as f:
+            with io.StringIO(_read_text(tsv), newline="") as f:
                 for line_no, row in enumerate(csv.reader(f, delimiter="\t"), 1):
                     if not row or not row[0].strip():
                         continue

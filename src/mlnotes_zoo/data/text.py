@@ -14,6 +14,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
+from mlnotes_zoo.data.base import BadDataError
+
 __all__ = ["TextDataModule", "default_corpus", "is_char_start"]
 
 VOCAB_SIZE = 256
@@ -83,7 +85,16 @@ class TextDataModule(pl.LightningDataModule):
             return default_corpus()
         if not Path(self.path).is_file():
             raise FileNotFoundError(f"text file not found: {self.path!r} (set data.path=<file>)")
-        return Path(self.path).read_text(encoding="utf-8")
+        raw = Path(self.path).read_bytes()
+        if not raw.strip():
+            raise BadDataError(f"{self.path}: the text file is empty")
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            line = raw[: err.start].count(b"\n") + 1
+            raise BadDataError(f"{self.path}: not UTF-8 text (byte {raw[err.start]:#04x} at "
+                               f"offset {err.start}, line {line}); convert it, e.g. "
+                               f"iconv -f latin1 -t utf-8") from None
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
@@ -97,8 +108,10 @@ class TextDataModule(pl.LightningDataModule):
                  "test": data[n_train + n_val :]}
         for name, part in parts.items():
             if len(part) < self.block_size + 1:
-                raise ValueError(f"the {name} part has {len(part)} bytes, fewer than "
-                                 f"block_size + 1 = {self.block_size + 1}: use a longer text")
+                source = self.path or "the default corpus"
+                raise BadDataError(f"{source}: the {name} part has {len(part)} bytes, fewer than "
+                                   f"block_size + 1 = {self.block_size + 1}: use a longer text "
+                                   f"or a smaller data.block_size")
         self.splits = {
             "train": _Windows(parts["train"], self.block_size, stride=1),
             "val": _Windows(parts["val"], self.block_size, stride=self.block_size),

@@ -23,6 +23,7 @@ import torchaudio
 from torch import Tensor, nn
 from torchaudio.models.conformer import ConformerLayer
 
+from mlnotes_zoo.models._checks import check_tensor
 from mlnotes_zoo.models.ctc_decoding import greedy_decode, ids_to_text, prefix_beam_search
 from mlnotes_zoo.registry import register_model
 
@@ -234,6 +235,10 @@ class CTCSpeechModel(nn.Module):
         raise NotImplementedError
 
     def forward(self, waves: Tensor, lengths: Tensor | None = None) -> CTCOutput:
+        where = f"{type(self).__name__}.forward"
+        sizes = check_tensor(waves, "waves", ("B", "N"), where=where)
+        if lengths is not None:
+            check_tensor(lengths, "lengths", ("B",), kind="int", sizes=sizes, where=where)
         if lengths is None:
             lengths = torch.full((waves.shape[0],), waves.shape[-1], device=waves.device)
         feats, frames = self.features(waves, lengths)
@@ -321,6 +326,30 @@ class DeepSpeechCTC(CTCSpeechModel):
         return x
 
 
+def _zero_padding_before_depthwise_conv(layer: ConformerLayer) -> None:
+    """Keep padding frames out of ``layer``'s depthwise convolution.
+
+    torchaudio masks padding out of self-attention but its convolution module reads the
+    padding frames' values, so without this a short utterance's output would depend on the
+    batch it is in. The layer's padding mask is noted on each call of the layer (so the
+    recomputation of activation checkpointing sees the same mask) and those frames are
+    zeroed at the convolution's input, as zero padding of a lone utterance would be.
+    """
+    depthwise = layer.conv_module.sequential[2]
+
+    def note_mask(_layer: nn.Module, args: tuple) -> None:
+        depthwise.padding_mask = args[1] if len(args) > 1 else None  # (B, T), True = padding
+
+    def zero_padding(module: nn.Module, args: tuple) -> tuple | None:
+        mask = getattr(module, "padding_mask", None)
+        if mask is None:
+            return None
+        return (args[0].masked_fill(mask.unsqueeze(1), 0.0),)  # (B, C, T)
+
+    layer.register_forward_pre_hook(note_mask)
+    depthwise.register_forward_pre_hook(zero_padding)
+
+
 @register_model("conformer_ctc")
 class ConformerCTC(CTCSpeechModel):
     """Conformer-CTC: log-mels -> 4× conv subsampling -> ``torchaudio.models.Conformer``.
@@ -361,6 +390,8 @@ class ConformerCTC(CTCSpeechModel):
             input_dim=dim, num_heads=num_heads, ffn_dim=ffn_dim, num_layers=num_layers,
             depthwise_conv_kernel_size=kernel_size, dropout=dropout,
         )
+        for layer in self.conformer.conformer_layers:
+            _zero_padding_before_depthwise_conv(layer)
 
     def encode(self, x: Tensor, lengths: Tensor) -> Tensor:
         return self.conformer(x, lengths)[0]

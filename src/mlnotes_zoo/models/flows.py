@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from mlnotes_zoo.layers.coupling import AffineCoupling, Squeeze
 from mlnotes_zoo.losses.flows import standard_normal_log_prob
+from mlnotes_zoo.models._checks import check_tensor
 from mlnotes_zoo.registry import register_model
 
 __all__ = [
@@ -196,6 +197,7 @@ class MultiScaleFlow(nn.Module):
 
     def forward(self, x: Tensor) -> FlowOutput:
         """x: dequantized images (B, C, H, W) in [0, 1] -> ``FlowOutput(z, log_det)``."""
+        check_tensor(x, "x", ("B", *self.in_shape), where=f"{type(self).__name__}.forward")
         h, log_det = self.preprocess(x)
         latents = []
         for i, level in enumerate(self.levels):

@@ -11,6 +11,11 @@ them into the non-saturating and Wasserstein losses and the gradient penalty.
 Images are in [0, 1] like the data modules deliver them: the generator ends in a sigmoid
 (= (tanh(2a) + 1) / 2, DCGAN's tanh output rescaled), so real and generated images share
 one range with no conversion anywhere.
+
+Each stage halves (D) or doubles (G) the side, rounding down: an even side n <-> n/2 with a
+4×4 kernel, padding 1; an odd side 2m+1 <-> m with a 3×3 kernel, padding 0 (labml-nn's MNIST
+DCGAN: 28 -> 14 -> 7 -> 3). So ``in_shape=(1, 28, 28), latent_dim=100, gen_width=256,
+disc_width=256, num_stages=3`` is that network layer for layer.
 """
 
 from __future__ import annotations
@@ -20,11 +25,20 @@ from typing import ClassVar, Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from mlnotes_zoo.models._checks import check_tensor
 from mlnotes_zoo.registry import register_model
 
 __all__ = ["GAN", "GANOutput", "Generator", "Discriminator", "UpBlock", "DownBlock"]
 
 NORMS = ("batch", "layer", "none")
+
+
+def _halving_kernel(side: tuple[int, int]) -> dict[str, tuple[int, int]]:
+    """Kernel and padding of a stride-2 (transposed) conv between ``side`` and ``side // 2``."""
+    # (n + 2·1 − 4) / 2 + 1 = n/2 for even n; (2m + 1 − 3) / 2 + 1 = m for odd n = 2m + 1,
+    # and the transposed conv inverts each: (m − 1)·2 − 2 + 4 = 2m, (m − 1)·2 + 3 = 2m + 1.
+    return {"kernel_size": tuple(4 if n % 2 == 0 else 3 for n in side),
+            "padding": tuple(1 if n % 2 == 0 else 0 for n in side)}
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -39,12 +53,17 @@ def _norm(kind: str, channels: int) -> nn.Module:
 
 
 class UpBlock(nn.Module):
-    """Transposed 4×4 conv, stride 2 (doubles H and W), then norm and ReLU (DCGAN generator)."""
+    """Transposed 4×4 conv, stride 2 (doubles H and W), then norm and ReLU (DCGAN generator).
 
-    def __init__(self, *, in_channels: int, out_channels: int, norm: str = "batch") -> None:
+    ``kernel_size=3, padding=0`` makes H -> 2H + 1 instead (see :func:`_halving_kernel`).
+    """
+
+    def __init__(self, *, in_channels: int, out_channels: int, norm: str = "batch",
+                 kernel_size: int | tuple[int, int] = 4, padding: int | tuple[int, int] = 1
+                 ) -> None:
         super().__init__()
-        self.conv = nn.ConvTranspose2d(in_channels, out_channels, 4, stride=2, padding=1,
-                                       bias=norm == "none")
+        self.conv = nn.ConvTranspose2d(in_channels, out_channels, kernel_size, stride=2,
+                                       padding=padding, bias=norm == "none")
         self.norm = _norm(norm, out_channels)
         self.act = nn.ReLU()
 
@@ -53,11 +72,16 @@ class UpBlock(nn.Module):
 
 
 class DownBlock(nn.Module):
-    """Strided 4×4 conv (halves H and W), then norm and LeakyReLU(0.2) (DCGAN discriminator)."""
+    """Strided 4×4 conv (halves H and W), then norm and LeakyReLU(0.2) (DCGAN discriminator).
 
-    def __init__(self, *, in_channels: int, out_channels: int, norm: str = "batch") -> None:
+    ``kernel_size=3, padding=0`` makes 2H + 1 -> H instead (see :func:`_halving_kernel`).
+    """
+
+    def __init__(self, *, in_channels: int, out_channels: int, norm: str = "batch",
+                 kernel_size: int | tuple[int, int] = 4, padding: int | tuple[int, int] = 1
+                 ) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, 4, stride=2, padding=1,
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=2, padding=padding,
                               bias=norm == "none")
         self.norm = _norm(norm, out_channels)
         self.act = nn.LeakyReLU(0.2)
@@ -69,28 +93,33 @@ class DownBlock(nn.Module):
 class Generator(nn.Module):
     """z (B, L) -> images (B, C, H, W) in [0, 1].
 
-    A linear layer makes a (width·2^(S−1), H/2^S, W/2^S) map; S :class:`UpBlock` stages halve
-    the channels and double the side; a 3×3 conv gives the C image channels.
+    A linear layer makes a (width·2^(S−1), H/2^S, W/2^S) map (DCGAN's transposed conv of the
+    1×1 z, written as the matmul it is); S − 1 :class:`UpBlock` stages halve the channels and
+    double the side; as in DCGAN the S-th up-sampling conv emits the C image channels itself,
+    with no norm (Radford et al. 2016, §3), so no layer runs at full resolution with ``width``
+    channels.
     """
 
     def __init__(self, *, in_shape: tuple[int, int, int], latent_dim: int, width: int,
                  num_stages: int, norm: str = "batch") -> None:
         super().__init__()
         c, h, w = in_shape
-        scale = 2**num_stages
-        channels = [width * 2 ** (num_stages - 1 - i) for i in range(num_stages)] + [width]
-        self.seed_shape = (channels[0], h // scale, w // scale)
+        sides = [(h >> i, w >> i) for i in range(num_stages + 1)]  # H, H/2, ..., H/2^S
+        channels = [width * 2 ** (num_stages - 1 - i) for i in range(num_stages)]
+        self.seed_shape = (channels[0], *sides[-1])
         self.project = nn.Sequential(
-            nn.Linear(latent_dim, channels[0] * (h // scale) * (w // scale), bias=norm == "none"),
+            nn.Linear(latent_dim, channels[0] * sides[-1][0] * sides[-1][1],
+                      bias=norm == "none"),
             nn.Unflatten(1, self.seed_shape),  # (B, 2^(S-1)·width, H/2^S, W/2^S)
             _norm(norm, channels[0]),
             nn.ReLU(),
         )
         self.stages = nn.Sequential(*[
-            UpBlock(in_channels=channels[i], out_channels=channels[i + 1], norm=norm)
-            for i in range(num_stages)
-        ])  # (B, width, H, W)
-        self.to_image = nn.Conv2d(width, c, 3, padding=1)
+            UpBlock(in_channels=channels[i], out_channels=channels[i + 1], norm=norm,
+                    **_halving_kernel(sides[num_stages - 1 - i]))
+            for i in range(num_stages - 1)
+        ])  # (B, width, H/2, W/2)
+        self.to_image = nn.ConvTranspose2d(width, c, stride=2, **_halving_kernel(sides[0]))
 
     def forward(self, z: Tensor) -> Tensor:
         return torch.sigmoid(self.to_image(self.stages(self.project(z))))
@@ -107,14 +136,14 @@ class Discriminator(nn.Module):
                  norm: str = "batch") -> None:
         super().__init__()
         c, h, w = in_shape
-        scale = 2**num_stages
         channels = [c] + [width * 2**i for i in range(num_stages)]
         self.stages = nn.Sequential(*[
             DownBlock(in_channels=channels[i], out_channels=channels[i + 1],
-                      norm="none" if i == 0 else norm)
+                      norm="none" if i == 0 else norm, **_halving_kernel((h >> i, w >> i)))
             for i in range(num_stages)
         ])  # (B, width·2^(S-1), H/2^S, W/2^S)
-        self.head = nn.Linear(channels[-1] * (h // scale) * (w // scale), 1)
+        # = DCGAN's last conv, whose kernel covers the whole final map
+        self.head = nn.Linear(channels[-1] * (h >> num_stages) * (w >> num_stages), 1)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.stages(x).flatten(1)).squeeze(-1)
@@ -133,7 +162,8 @@ class GAN(nn.Module):
     registry contract (every parameter reaches an output) and for benchmarks.
 
     Args:
-        in_shape: (C, H, W) of the images; H and W divisible by 2^num_stages.
+        in_shape: (C, H, W) of the images; H and W at least 2^num_stages (any size: each
+            stage halves the side rounding down, e.g. 28 -> 14 -> 7 -> 3).
         latent_dim: L, the size of z ~ N(0, I).
         gen_width, disc_width: channels of the last generator / first discriminator stage;
             each other stage doubles them.
@@ -163,9 +193,9 @@ class GAN(nn.Module):
         in_shape = tuple(in_shape)
         if len(in_shape) != 3:
             raise ValueError(f"in_shape must be (C, H, W), got {in_shape}")
-        if num_stages < 1 or in_shape[1] % 2**num_stages or in_shape[2] % 2**num_stages:
-            raise ValueError(f"num_stages={num_stages} needs H and W divisible by "
-                             f"2**num_stages, got in_shape={in_shape}")
+        if num_stages < 1 or min(in_shape[1:]) < 2**num_stages:
+            raise ValueError(f"num_stages={num_stages} needs H and W >= 2**num_stages "
+                             f"(each stage halves them), got in_shape={in_shape}")
         for name, norm in (("gen_norm", gen_norm), ("disc_norm", disc_norm)):
             if norm not in NORMS:
                 raise ValueError(f"{name} must be one of {NORMS}, got {norm!r}")
@@ -178,6 +208,7 @@ class GAN(nn.Module):
             in_shape=in_shape, width=disc_width, num_stages=num_stages, norm=disc_norm)
 
     def forward(self, z: Tensor) -> GANOutput:
+        check_tensor(z, "z", ("B", self.latent_dim), where="GAN.forward")
         images = self.generator(z)
         return GANOutput(images, self.discriminator(images))
 

@@ -20,6 +20,7 @@ from typing import ClassVar, Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from mlnotes_zoo.models._checks import check_tensor
 from mlnotes_zoo.registry import register_model
 
 __all__ = ["PonderGRUStep", "PonderNet", "PonderOutput", "PonderInference"]
@@ -110,6 +111,7 @@ class PonderNet(nn.Module):
 
     def forward(self, x: Tensor) -> PonderOutput:
         """All N steps: ŷ (N, B, out_features) and λ (N, B) for x (B, in_features)."""
+        check_tensor(x, "x", ("B", self.in_features), where="PonderNet.forward")
         h = self.initial_state(x)
         x = self.embed(x)
         y_hats, lambdas = [], []
@@ -137,6 +139,7 @@ class PonderNet(nn.Module):
         """
         if halting not in HALTING_RULES:
             raise ValueError(f"halting must be one of {HALTING_RULES}, got {halting!r}")
+        check_tensor(x, "x", ("B", self.in_features), where="PonderNet.infer")
         batch = x.shape[0]
         h = self.initial_state(x)
         x = self.embed(x)

@@ -16,6 +16,7 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from mlnotes_zoo.models._checks import check_tensor
 from mlnotes_zoo.registry import register_model
 
 __all__ = ["ResidualBlock", "ResNetEncoder", "ProjectionHead", "SimCLR", "SupCon",
@@ -147,6 +148,9 @@ class SimCLR(nn.Module):
                                    out_features=proj_dim)
 
     def forward(self, x: Tensor) -> SimCLROutput:
+        # any H, W: the encoder ends in global average pooling
+        check_tensor(x, "x", ("B", self.in_shape[0], "H", "W"),
+                     where=f"{type(self).__name__}.forward")
         features = self.encoder(x)
         return SimCLROutput(self.head(features), features)
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mlnotes_zoo.layers.attention import KVCache, MultiHeadAttention, sinusoidal_encoding
+from mlnotes_zoo.models._checks import check_tensor
 from mlnotes_zoo.registry import register_model
 
 __all__ = ["MLP", "TransformerBlock", "TokenEmbedding", "Seq2SeqTransformer", "GPT",
@@ -232,6 +233,9 @@ class Seq2SeqTransformer(nn.Module):
         return self.decoder_norm(x) @ self.embed.tokens.weight.T  # tied output projection
 
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+        where = "Seq2SeqTransformer.forward"
+        sizes = check_tensor(src, "src", ("B", "S"), kind="int", where=where)
+        check_tensor(tgt_in, "tgt_in", ("B", "T"), kind="int", sizes=sizes, where=where)
         memory, src_pad = self.encode(src)
         return self.decode(tgt_in, memory, src_pad)
 
@@ -323,6 +327,7 @@ class GPT(nn.Module):
 
     def forward(self, tokens: Tensor, *, caches: list[dict[str, KVCache]] | None = None,
                 offset: int = 0) -> Tensor:
+        check_tensor(tokens, "tokens", ("B", "T"), kind="int", where="GPT.forward")
         x = self.embed(tokens, offset=offset)
         for i, block in enumerate(self.blocks):
             x = block(x, is_causal=True, cache=None if caches is None else caches[i])

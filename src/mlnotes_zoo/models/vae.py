@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from mlnotes_zoo.losses.elbo import bernoulli_log_likelihood, gaussian_log_likelihood
+from mlnotes_zoo.models._checks import check_tensor
 from mlnotes_zoo.registry import register_model
 
 __all__ = ["VAE", "VAEOutput", "MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder"]
@@ -176,6 +177,7 @@ class VAE(nn.Module):
         return self.decoder(z)
 
     def forward(self, x: Tensor) -> VAEOutput:
+        check_tensor(x, "x", ("B", *self.in_shape), where="VAE.forward")
         mu, logvar = self.encode(x)
         z = self.reparameterize(mu, logvar)
         return VAEOutput(self.decode(z), mu, logvar, z)

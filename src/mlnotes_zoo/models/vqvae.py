@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from mlnotes_zoo.models._checks import check_tensor
 from mlnotes_zoo.registry import register_model
 
 __all__ = ["VQVAE", "VQVAEOutput", "Quantized", "VectorQuantizer", "ResidualBlock",
@@ -297,6 +298,7 @@ class VQVAE(nn.Module):
 
     def encode(self, x: Tensor) -> Tensor:
         """Code indices (B, h, w) of images x."""
+        check_tensor(x, "x", ("B", *self.in_shape), where="VQVAE.encode")
         return self.quantizer(self.encoder(x)).indices
 
     def decode(self, z: Tensor) -> Tensor:
@@ -309,6 +311,7 @@ class VQVAE(nn.Module):
         return self.decode(self.quantizer.lookup(indices))
 
     def forward(self, x: Tensor) -> VQVAEOutput:
+        check_tensor(x, "x", ("B", *self.in_shape), where="VQVAE.forward")
         z_e = self.encoder(x)
         z_q, z_st, indices = self.quantizer(z_e)
         return VQVAEOutput(self.decode(z_st), z_e, z_q, indices)

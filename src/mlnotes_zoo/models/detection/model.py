@@ -33,6 +33,7 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.models.resnet import BasicBlock
 
+from mlnotes_zoo.models._checks import check_tensor
 from mlnotes_zoo.models.detection.backbone import ResNetFPN
 from mlnotes_zoo.models.detection.mask_head import build_mask_branch
 from mlnotes_zoo.models.detection.roi_heads import build_roi_heads
@@ -172,7 +173,36 @@ class FasterRCNN(GeneralizedRCNN):
     def forward(  # noqa: D102 (the contract is in the module docstring)
         self, images: list[Tensor] | Tensor, targets: list[dict[str, Tensor]] | None = None
     ) -> Any:
+        self._check_inputs(images, targets)
         return super().forward(images, targets)
+
+    def _check_inputs(self, images: Any, targets: Any) -> None:
+        where = f"{type(self).__name__}.forward"
+        channels = len(self.transform.image_mean)
+        if isinstance(images, Tensor):
+            check_tensor(images, "images", ("B", channels, "H", "W"), where=where)
+            images = list(images)
+        if not isinstance(images, (list, tuple)):
+            raise ValueError(f"{where}: images must be a list of float tensors ({channels}, H, W) "
+                             f"or a (B, {channels}, H, W) tensor; got {type(images).__name__}")
+        sides = [check_tensor(image, f"images[{i}]", (channels, "H", "W"), where=where)
+                 for i, image in enumerate(images)]
+        if targets is None:
+            return  # torchvision asks for targets in training mode itself
+        if not isinstance(targets, (list, tuple)) or len(targets) != len(images):
+            count = f" of {len(targets)}" if isinstance(targets, (list, tuple)) else ""
+            raise ValueError(f"{where}: targets must be a list of one dict per image "
+                             f"({len(images)}); got {type(targets).__name__}{count}")
+        for i, target in enumerate(targets):
+            if not isinstance(target, dict) or not {"boxes", "labels"} <= set(target):
+                raise ValueError(f"{where}: targets[{i}] must be a dict with 'boxes' and 'labels'")
+            n = check_tensor(target["boxes"], f"targets[{i}]['boxes']", ("N", 4), where=where)
+            check_tensor(target["labels"], f"targets[{i}]['labels']", ("N",), kind="long",
+                         sizes=n, where=where)
+            if self.has_mask and self.training:
+                check_tensor(target.get("masks"), f"targets[{i}]['masks']",
+                             ("N", sides[i]["H"], sides[i]["W"]), kind="any", sizes=n,
+                             where=where)
 
     def example_input(self, batch_size: int = 2) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
         """(images, targets) with one object of every class per image, for train-mode forward."""
