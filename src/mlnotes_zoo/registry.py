@@ -8,6 +8,7 @@ network built by :func:`create_model` remembers how it was built in ``model.zoo_
 from __future__ import annotations
 
 from collections.abc import Callable
+from os import PathLike
 from typing import Any, TypeVar
 
 from torch import nn
@@ -59,8 +60,19 @@ def get_builder(name: str) -> Callable[..., nn.Module]:
         ) from None
 
 
-def create_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build the registered network ``name`` with keyword arguments ``kwargs``."""
+def create_model(name: str, *, weights: str | PathLike | None = None, **kwargs: Any) -> nn.Module:
+    """Build the registered network ``name`` with keyword arguments ``kwargs``.
+
+    ``weights``: a ``.safetensors`` file from :func:`mlnotes_zoo.export`, or a ``.ckpt`` from
+    ``train.py`` (read with ``torch.load(weights_only=True)``: a pickle that would run code is
+    refused). Its saved kwargs are the defaults, so ``create_model("vae", weights=f)``
+    rebuilds the saved network; a file of another model, or kwargs whose tensors differ, is
+    an error naming the model, keys and shapes (:mod:`mlnotes_zoo.weights`).
+    """
+    if weights is not None:
+        from mlnotes_zoo.weights import load_weights
+
+        return load_weights(name, weights, kwargs)
     model = get_builder(name)(**kwargs)
     model.zoo_spec = {"name": name, **kwargs}
     return model

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -22,26 +23,36 @@ def main(cfg: DictConfig) -> dict[str, float]:
     """Fit, test the best checkpoint, write ``metrics.json``; returns the test metrics."""
     import pytorch_lightning as pl
     from hydra.utils import instantiate
+    from pytorch_lightning.plugins.io import CheckpointIO
 
+    from mlnotes_zoo.resume import AtomicCheckpointIO, continue_csv_logs, resume_checkpoint
     from mlnotes_zoo.scale.launch import resolve_trainer_kwargs
 
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
+    ckpt_path = resume_checkpoint(cfg.get("ckpt_path"), cfg.get("resume"), output_dir)
 
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, _convert_="all")
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     trainer_kwargs = resolve_trainer_kwargs(instantiate(cfg.trainer, _partial_=True).keywords)
-    trainer = pl.Trainer(**trainer_kwargs, callbacks=callbacks, logger=loggers or False)
+    plugins = list(trainer_kwargs.pop("plugins", None) or [])
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO())  # a kill mid-write keeps the previous file
+    trainer = pl.Trainer(**trainer_kwargs, plugins=plugins, callbacks=callbacks,
+                         logger=loggers or False)
+    if ckpt_path is not None and trainer.is_global_zero and _same_dir(ckpt_path, output_dir):
+        # continuing in the run dir: keep its CSV rows up to the checkpoint
+        continue_csv_logs(trainer.loggers, ckpt_path)
 
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
         job_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
         _atomic_write(output_dir / "config.yaml", OmegaConf.to_yaml(job_cfg, resolve=True))
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics: dict[str, float] = {}
     if cfg.get("test", True):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -54,6 +65,10 @@ def main(cfg: DictConfig) -> dict[str, float]:
             _atomic_write(output_dir / "metrics.json", json.dumps(report, indent=2) + "\n")
             _print_metrics(metrics, output_dir)
     return metrics
+
+
+def _same_dir(ckpt_path: str, output_dir: Path) -> bool:
+    return Path(ckpt_path).resolve().parent.parent == output_dir.resolve()
 
 
 def _choice(group: str) -> str | None:
@@ -86,13 +101,42 @@ def _print_metrics(metrics: dict[str, Any], output_dir: Path) -> None:
 def _task(cfg: DictConfig) -> float | None:
     from hydra.errors import InstantiationException
 
+    from mlnotes_zoo.data.base import BadDataError
+    from mlnotes_zoo.lit.base import NonFiniteLossError
+    from mlnotes_zoo.resume import ResumeError, last_checkpoint
     from mlnotes_zoo.scale.launch import LaunchError
+    from mlnotes_zoo.weights import (
+        IncompatibleWeightsError,
+        UnreadableWeightsError,
+        UnsafeCheckpointError,
+    )
 
     try:
         metrics = main(cfg)
+    except NonFiniteLossError as err:
+        if os.environ.get("RANK", "0") == "0":
+            last = last_checkpoint(cfg.paths.output_dir)
+            kept = (f"the last good checkpoint is {last}; resume with resume={last.parent.parent}"
+                    if last.is_file() else "no checkpoint was written before it")
+            print(f"error: {err}\nstopped; {kept}", file=sys.stderr)
+        sys.exit(1)
+    except (ResumeError, UnsafeCheckpointError, IncompatibleWeightsError,
+            UnreadableWeightsError) as err:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     except InstantiationException as err:
         # e.g. "Error in call to target 'mlnotes_zoo.create_model': ValueError(...)"
         print("error: " + " ".join(str(err).split("\n")[:2]), file=sys.stderr)
+        sys.exit(2)
+    except (BadDataError, FileNotFoundError) as err:
+        # a missing data root or a damaged file: the message names it (raised in a
+        # DataLoader worker, the original message is the last line)
+        if os.environ.get("RANK", "0") == "0":
+            lines = [line for line in str(err).splitlines() if line.strip()]
+            text = lines[-1] if lines and lines[0].startswith("Caught ") else str(err)
+            text = re.sub(r"^[\w.]*(Error|Exception): ", "", text)
+            print(f"error: {text}", file=sys.stderr)
         sys.exit(2)
     except LaunchError as err:
         if os.environ.get("RANK", "0") == "0":  # one line, not one per rank
@@ -114,6 +158,13 @@ def cli(argv: list[str] | None = None) -> None:
     try:
         argv = check_overrides(argv)
     except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    from mlnotes_zoo.resume import ResumeError, expand_resume
+
+    try:
+        argv = expand_resume(argv)  # resume=<run dir>: that run's overrides, in that dir
+    except ResumeError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     sys.argv = [sys.argv[0], *argv]

@@ -16,11 +16,16 @@ import torch
 from torch import Tensor, nn
 
 from mlnotes_zoo.registry import create_model
+from mlnotes_zoo.resume import rng_state, set_rng_state
 from mlnotes_zoo.scale.checkpointing import apply_activation_checkpointing
 from mlnotes_zoo.scale.sharding import fully_shard_model, zero1_optimizer
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A NaN/inf loss (or weights) outside AMP's loss scaling; the run stops on it."""
 
 
 def build_net(net: nn.Module | Mapping[str, Any]) -> nn.Module:
@@ -75,6 +80,8 @@ class ZooModule(pl.LightningModule):
         spec = getattr(self.net, "zoo_spec", None)
         if spec is not None:
             self.hparams["net"] = _plain(spec)
+        self._resume_rng: dict[str, Any] | None = None
+        self._skipped_amp_steps = 0  # non-finite losses in a row left to AMP's loss scaler
 
     # -- subclasses implement ------------------------------------------------------------
     def model_step(self, batch: Any, stage: str) -> dict[str, Tensor]:
@@ -87,6 +94,7 @@ class ZooModule(pl.LightningModule):
     # as batch-size weighted means, reduced across ranks.
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         out = self.model_step(batch, "train")
+        self.check_finite(out)
         if self._trainer is None or self.trainer._logger_connector.should_update_logs:
             parts = {f"train/{k}": v.detach() for k, v in out.items()
                      if k != "loss" and v.dim() == 0}
@@ -155,6 +163,85 @@ class ZooModule(pl.LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
         }
 
+    # -- non-finite losses ---------------------------------------------------------------
+    # With AMP's GradScaler an overflow is routine: the scaler skips that step and halves the
+    # loss scale. Elsewhere a NaN/inf loss would turn every weight into NaN, so the run stops
+    # before its backward pass, and no checkpoint is written over the last good one.
+    amp_max_skipped_steps = 25  # non-finite AMP losses in a row before giving up
+
+    def check_finite(self, out: Mapping[str, Tensor], loss_key: str = "loss") -> bool:
+        """True when ``out[loss_key]`` is finite; False when AMP's scaler will skip the step.
+
+        Otherwise raises :class:`NonFiniteLossError` naming the step and every loss part.
+        """
+        loss = out[loss_key]
+        if bool(torch.isfinite(loss.detach()).all()):  # one host sync per step
+            self._skipped_amp_steps = 0
+            return True
+        parts = ", ".join(f"{k}={float(v):.6g}" for k, v in out.items()
+                          if isinstance(v, Tensor) and v.numel() == 1)
+        where = f"step {self.global_step} (epoch {self.current_epoch})"
+        scaler = getattr(self._trainer.precision_plugin, "scaler", None) if self._trainer else None
+        if scaler is not None and scaler.is_enabled():
+            self._skipped_amp_steps += 1
+            if self._skipped_amp_steps <= self.amp_max_skipped_steps:
+                return False  # scaler.step() sees inf/NaN gradients and skips this update
+            raise NonFiniteLossError(
+                f"non-finite loss at {where} for {self._skipped_amp_steps} steps in a row "
+                f"despite AMP loss scaling (scale {float(scaler.get_scale()):g}): {parts}")
+        raise NonFiniteLossError(f"non-finite loss at {where}: {parts}")
+
+    # -- exact resume ----------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        bad = [name for name, p in self.named_parameters() if not _finite(p, allow_inf=False)]
+        bad += [name for name, b in self.named_buffers() if not _finite(b, allow_inf=True)]
+        if bad:
+            raise NonFiniteLossError(
+                f"non-finite weights after step {self.global_step}: {', '.join(bad[:3])}"
+                f"{f' (+{len(bad) - 3} more)' if len(bad) > 3 else ''}; not writing a "
+                "checkpoint over the last good one")
+        checkpoint["rng_states"] = rng_state()  # Lightning keeps everything else
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.check_checkpoint(checkpoint)
+        # only when training resumes (not for test or load_from_checkpoint); now, for
+        # strategies that restore after on_fit_start, and again in on_fit_start
+        self._resume_rng = checkpoint.get("rng_states") if self._fitting() else None
+        if self._resume_rng is not None:
+            set_rng_state(self._resume_rng)
+
+    def on_fit_start(self) -> None:
+        # on_fit_start, not on_train_start: the training DataLoader iterator is created
+        # before on_train_start and draws its base seed (the batch order) from torch's RNG.
+        if self._resume_rng is not None:
+            set_rng_state(self._resume_rng)
+        self._resume_rng = None
+
+    def _fitting(self) -> bool:
+        return self._trainer is not None and self.trainer.state.fn == "fit"
+
+    def check_checkpoint(self, checkpoint: Mapping[str, Any]) -> None:
+        """Raise IncompatibleWeightsError naming the model or the tensors that differ."""
+        from mlnotes_zoo.weights import (
+            IncompatibleWeightsError,
+            check_state_dict,
+            describe,
+            spec_note,
+        )
+
+        saved = (checkpoint.get("hyper_parameters") or {}).get("net")
+        ours = getattr(self.net, "zoo_spec", None)
+        if isinstance(saved, Mapping) and ours is not None:
+            if saved.get("name") != ours["name"]:
+                raise IncompatibleWeightsError(
+                    f"the checkpoint holds a {saved.get('name')!r} network ({describe(saved)}), "
+                    f"but this run trains {ours['name']!r}; pick model={saved.get('name')}")
+        if "state_dict" in checkpoint and self.strict_loading:
+            check_state_dict(self.state_dict(), checkpoint["state_dict"], source="the checkpoint",
+                             target=f"this run's model ({describe(ours or {})})",
+                             note=spec_note(saved if isinstance(saved, Mapping) else None,
+                                            ours or {}))
+
     # -- pictures ------------------------------------------------------------------------
     def pictures(self, batch: Any) -> dict[str, Tensor]:
         """Image grids (3, H, W) in [0, 1] worth looking at, keyed by name; none by default."""
@@ -164,6 +251,13 @@ class ZooModule(pl.LightningModule):
 def _batch_size(batch: Any) -> int:
     first = batch[0] if isinstance(batch, (list, tuple)) else batch
     return int(first.shape[0]) if isinstance(first, Tensor) else 1
+
+
+def _finite(t: Tensor, *, allow_inf: bool) -> bool:
+    if not t.is_floating_point():
+        return True
+    t = t.to_local() if hasattr(t, "to_local") else t  # FSDP2 DTensor: this rank's shard
+    return not bool(t.isnan().any()) if allow_inf else bool(t.isfinite().all())
 
 
 def _plain(value: Any) -> Any:

@@ -107,7 +107,6 @@ class LitGAN(ZooModule):
         self.eval_seed = eval_seed
         self.disc_steps = 0  # discriminator updates so far (checkpointed)
         self._step_generator = torch.Generator().manual_seed(eval_seed + 1)  # reset per epoch
-        self._resume_rng: dict[str, Any] | None = None
         # Evaluation state kept out of the module tree, hence out of the state_dict: the
         # classifier is rebuilt from its cache, never from a GAN checkpoint.
         self._eval: dict[str, Any] = {}
@@ -148,6 +147,7 @@ class LitGAN(ZooModule):
 
         # 1) discriminator / critic: minimise L_D on real vs detached fakes
         out = self.discriminator_losses(real, fake.detach(), penalty=True)
+        self.check_finite(out, "disc_loss")  # stops on NaN/inf unless AMP skips the step
         opt_disc.zero_grad(set_to_none=True)
         self.manual_backward(out["disc_loss"])
         opt_disc.step()
@@ -158,6 +158,7 @@ class LitGAN(ZooModule):
             disc = self.net.discriminator
             disc.requires_grad_(False)  # gradients flow through D to G, not into D's weights
             gen_loss = self.generator_loss(disc(fake))
+            self.check_finite({"gen_loss": gen_loss, **out}, "gen_loss")
             opt_gen.zero_grad(set_to_none=True)
             self.manual_backward(gen_loss)
             opt_gen.step()
@@ -312,24 +313,11 @@ class LitGAN(ZooModule):
 
     # -- exact resume ----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Lightning keeps both optimizers' states itself; we add the update counter (which
-        # batches update G) and the random state (next noise, interpolation ε, data order).
-        state: dict[str, Any] = {"disc_steps": self.disc_steps, "torch_rng": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            state["cuda_rng"] = torch.cuda.get_rng_state_all()
-        checkpoint["gan"] = state
+        # Lightning keeps both optimizers' states, ZooModule the random state (next noise,
+        # interpolation ε, data order); the update counter decides which batches update G.
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["gan"] = {"disc_steps": self.disc_steps}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("gan", {})
-        self.disc_steps = int(state.get("disc_steps", 0))
-        # the random state is restored when training resumes, not when weights are loaded
-        self._resume_rng = state if "torch_rng" in state else None
-
-    def on_fit_start(self) -> None:
-        # on_fit_start, not on_train_start: the training DataLoader iterator is created
-        # before on_train_start and draws its base seed from the global generator.
-        if self._resume_rng is not None:
-            torch.set_rng_state(self._resume_rng["torch_rng"])
-            if "cuda_rng" in self._resume_rng and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(self._resume_rng["cuda_rng"])
-            self._resume_rng = None
+        super().on_load_checkpoint(checkpoint)
+        self.disc_steps = int(checkpoint.get("gan", {}).get("disc_steps", 0))

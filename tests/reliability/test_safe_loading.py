@@ -1,0 +1,161 @@
+"""Weights load without running code: safetensors export, weights_only checkpoints, a real
+malicious pickle refused, and mismatched checkpoints reported by model, key and shape."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import open_dict
+from safetensors import safe_open
+
+from mlnotes_zoo import create_model, export, load_checkpoint
+from mlnotes_zoo.train import _task, main
+from mlnotes_zoo.weights import (
+    IncompatibleWeightsError,
+    UnreadableWeightsError,
+    UnsafeCheckpointError,
+)
+
+TINY = ["model=vae", "model.net.hidden=32", "model.net.latent_dim=4", "logger=none",
+        "callbacks.pictures=null", "callbacks.progress_bar=null", "test=false"]
+
+
+class _RunsCode:
+    """Unpickling this calls os.system — what a booby-trapped checkpoint does."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _fake_ckpt(path: Path, name: str, **kwargs) -> Path:
+    """A checkpoint in train.py's layout (spec in hyper_parameters, net.* tensors)."""
+    net = create_model(name, **kwargs)
+    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+                "hyper_parameters": {"net": net.zoo_spec}}, path)
+    return path
+
+
+@pytest.fixture
+def trained(make_cfg, tmp_path) -> Path:
+    main(make_cfg(*TINY))
+    return tmp_path / "checkpoints" / "last.ckpt"
+
+
+def test_export_to_safetensors_and_back(trained, tmp_path):
+    out = export(trained, tmp_path / "vae.safetensors")
+    with safe_open(str(out), framework="pt") as f:
+        spec = json.loads(f.metadata()["mlnotes_zoo.net"])
+    assert spec == {"name": "vae", "in_shape": [1, 8, 8], "latent_dim": 4, "hidden": 32,
+                    "arch": "mlp", "likelihood": "bernoulli"}
+    assert not out.read_bytes().startswith(b"PK")  # not a zip of pickles: plain safetensors
+    from_file = create_model("vae", weights=out)
+    from_ckpt = create_model("vae", weights=trained)
+    reference = load_checkpoint(trained)
+    for net in (from_file, from_ckpt, load_checkpoint(out)):
+        for key, value in reference.state_dict().items():
+            torch.testing.assert_close(net.state_dict()[key], value, rtol=0, atol=0)
+    x = reference.example_input(3)
+    with torch.no_grad():
+        torch.testing.assert_close(from_file.eval().encode(x), reference.encode(x))
+
+
+@pytest.mark.parametrize("layout", ["torch.save", "raw pickle"])
+def test_a_pickle_that_would_run_code_is_refused(tmp_path, layout):
+    marker = tmp_path / "code_ran"
+    evil = tmp_path / "evil.ckpt"
+    payload = {"state_dict": {}, "hyper_parameters": {"net": {"name": "vae"}},
+               "x": _RunsCode(marker)}
+    if layout == "torch.save":
+        torch.save(payload, evil)
+    else:
+        evil.write_bytes(pickle.dumps(payload, protocol=2))
+    for load in (lambda: create_model("vae", weights=evil), lambda: load_checkpoint(evil),
+                 lambda: export(evil, tmp_path / "out.safetensors")):
+        with pytest.raises(UnsafeCheckpointError, match="refused to load") as info:
+            load()
+        assert not marker.exists()
+    if layout == "torch.save":
+        assert "calls posix.system" in str(info.value) or "calls nt.system" in str(info.value)
+    # the trap is real: a full unpickle runs it (in a child process)
+    subprocess.run([sys.executable, "-c", f"import torch; torch.load({str(evil)!r}, "
+                    "weights_only=False)"], check=False, capture_output=True, timeout=60)
+    assert marker.exists()
+
+
+def test_resuming_from_a_malicious_checkpoint_is_refused(make_cfg, tmp_path, capsys):
+    marker = tmp_path / "code_ran"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "x": _RunsCode(marker)}, evil)
+    with pytest.raises(SystemExit) as info:
+        _task(make_cfg(*TINY, f"ckpt_path={evil}"))
+    assert info.value.code == 2
+    assert "refused to load" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+def test_weights_of_another_model_name_both_models(tmp_path):
+    ckpt = _fake_ckpt(tmp_path / "gan.ckpt", "dcgan", in_shape=[1, 8, 8], latent_dim=8,
+                      gen_width=8, disc_width=8)
+    with pytest.raises(IncompatibleWeightsError, match="holds a 'dcgan' network .* not 'vae'"):
+        create_model("vae", weights=ckpt)
+    out = tmp_path / "gan.safetensors"
+    export(ckpt, out)
+    with pytest.raises(IncompatibleWeightsError, match="'dcgan'"):
+        create_model("vae", weights=out)
+
+
+def test_other_kwargs_name_the_kwarg_and_the_shapes(tmp_path):
+    ckpt = _fake_ckpt(tmp_path / "vae.ckpt", "vae", in_shape=[1, 8, 8], latent_dim=4, hidden=32)
+    with pytest.raises(IncompatibleWeightsError) as info:
+        create_model("vae", weights=ckpt, latent_dim=8)
+    message = str(info.value)
+    assert "saved with latent_dim=4 (asked 8)" in message
+    assert "differ in shape: encoder.net.5.weight (8, 32) in the file vs (16, 32) in the model" \
+        in message
+    assert len(message) < 800  # a sentence, not a wall of keys
+    # a state dict without spec: missing/unexpected keys are counted, a few named
+    plain = tmp_path / "plain.pt"
+    torch.save({"encoder.net.1.weight": torch.zeros(32, 64), "junk": torch.zeros(1)}, plain)
+    with pytest.raises(IncompatibleWeightsError, match=r"tensor\(s\) are missing from the file: "
+                       r".*more\).*1 tensor\(s\) in the file are not in the model: junk"):
+        create_model("vae", weights=plain, in_shape=[1, 8, 8], latent_dim=4, hidden=32)
+
+
+def test_resume_with_an_incompatible_config_names_the_mismatch(make_cfg, tmp_path, capsys):
+    first = make_cfg(*TINY)
+    with open_dict(first):
+        first.paths.output_dir = str(tmp_path / "first")
+    main(first)
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    with pytest.raises(IncompatibleWeightsError, match=r"saved with hidden=32 \(asked 64\)"):
+        main(make_cfg(*TINY, "model.net.hidden=64", f"ckpt_path={last}"))
+    with pytest.raises(SystemExit) as info:
+        _task(make_cfg("model=realnvp", "logger=none", "callbacks.pictures=null", "test=false",
+                       f"ckpt_path={last}"))
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: the checkpoint holds a 'vae' network") and "'realnvp'" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_truncated_or_foreign_files_are_reported(tmp_path):
+    ckpt = _fake_ckpt(tmp_path / "vae.ckpt", "vae", in_shape=[1, 8, 8], latent_dim=4, hidden=32)
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a tensor file")
+    for path in (cut, junk):
+        with pytest.raises(UnreadableWeightsError, match=str(path.name)):
+            create_model("vae", weights=path)
+    with pytest.raises(FileNotFoundError):
+        create_model("vae", weights=tmp_path / "absent.ckpt")
