@@ -6,7 +6,9 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from mlnotes_zoo.config import check_overrides, group_options
+from omegaconf import OmegaConf
+
+from mlnotes_zoo.config import check_overrides, config_dir, group_options
 
 
 @pytest.mark.parametrize("model", group_options("model"))
@@ -63,3 +65,20 @@ def test_every_model_config_exposes_the_scale_switches(make_cfg, model):
     # `model.activation_checkpointing=true` must work without "+" for every model
     cfg = make_cfg(f"model={model}")
     assert cfg.model.activation_checkpointing is False
+
+
+def test_a_model_sets_its_own_epochs_and_the_command_line_still_wins():
+    from mlnotes_zoo.config import _compose
+
+    schedules = {p.stem for p in (config_dir() / "schedule").glob("*.yaml")}
+    assert schedules <= set(group_options("model")), "a schedule/<name>.yaml without its model"
+    default_epochs = _compose(["model=vae"]).trainer.max_epochs
+    for model in schedules:
+        epochs = OmegaConf.load(config_dir() / "schedule" / f"{model}.yaml").trainer.max_epochs
+        assert epochs != default_epochs
+        assert _compose([f"model={model}"]).trainer.max_epochs == epochs
+        # a trainer choice does not reset the model's schedule; an explicit key beats both
+        assert _compose([f"model={model}", "trainer=ddp"]).trainer.max_epochs == epochs
+        assert _compose([f"model={model}", "trainer.max_epochs=3"]).trainer.max_epochs == 3
+    with pytest.raises(Exception, match="schedule"):
+        check_overrides(["schedule=ctc"])
