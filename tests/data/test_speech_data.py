@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+import torchaudio
 
 from mlnotes_zoo.data.speech import (
     AudioFolderDataModule,
@@ -145,6 +146,27 @@ def test_audio_folder_with_tsv_any_rate_and_bad_files(tmp_path, caplog):
                                        test_fraction=0.0)
         with pytest.raises(BadAudioError, match=f"{name}.*{reason}"):
             strict.screen(strict.load_split("train"), "train")
+
+
+def test_read_audio_resampling_equals_torchaudio_functional(tmp_path):
+    soundfile.write(tmp_path / "a.wav", _tone(0.3, 22050, 1000.0), 22050)
+    for _ in range(2):  # the second read reuses the cached resampler
+        wave = read_audio(tmp_path / "a.wav", 16000)
+        reference = torchaudio.functional.resample(
+            torch.from_numpy(_tone(0.3, 22050, 1000.0)), 22050, 16000)
+        torch.testing.assert_close(wave, reference, atol=1e-4, rtol=0)  # float32 kernel
+
+
+def test_tsv_transcripts_are_taken_literally_and_extra_fields_are_an_error(tmp_path):
+    d = tmp_path / "train"
+    d.mkdir()
+    soundfile.write(d / "a.wav", _tone(0.4, 16000), 16000)
+    (d / "transcripts.tsv").write_text('a.wav\t"quoted" text\n')
+    dm = AudioFolderDataModule(root=str(tmp_path), val_fraction=0.0, test_fraction=0.0)
+    assert [u.text for u in dm.load_split("train")] == ['"quoted" text']  # not unquoted
+    (d / "transcripts.tsv").write_text("a.wav\tsome text\tspeaker 3\n")
+    with pytest.raises(BadAudioError, match=r"transcripts.tsv:1: .*got 3 tab-separated"):
+        dm.load_split("train")
 
 
 def test_audio_folder_librispeech_layout_with_hash_split(tmp_path):
