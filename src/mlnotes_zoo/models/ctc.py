@@ -333,21 +333,24 @@ def _zero_padding_before_depthwise_conv(layer: ConformerLayer) -> None:
     padding frames' values, so without this a short utterance's output would depend on the
     batch it is in. The layer's padding mask is noted on each call of the layer (so the
     recomputation of activation checkpointing sees the same mask) and those frames are
-    zeroed at the convolution's input, as zero padding of a lone utterance would be.
+    zeroed at the convolution's input, as zero padding of a lone utterance would be. The
+    hooks are module-level functions reaching modules only through their arguments, so a
+    deep copy of the model hooks its own modules.
     """
-    depthwise = layer.conv_module.sequential[2]
+    layer.register_forward_pre_hook(_note_padding_mask)
+    layer.conv_module.sequential[2].register_forward_pre_hook(_zero_padding_frames)
 
-    def note_mask(_layer: nn.Module, args: tuple) -> None:
-        depthwise.padding_mask = args[1] if len(args) > 1 else None  # (B, T), True = padding
 
-    def zero_padding(module: nn.Module, args: tuple) -> tuple | None:
-        mask = getattr(module, "padding_mask", None)
-        if mask is None:
-            return None
-        return (args[0].masked_fill(mask.unsqueeze(1), 0.0),)  # (B, C, T)
+def _note_padding_mask(layer: nn.Module, args: tuple) -> None:
+    mask = args[1] if len(args) > 1 else None  # (B, T), True = padding
+    layer.conv_module.sequential[2].padding_mask = mask
 
-    layer.register_forward_pre_hook(note_mask)
-    depthwise.register_forward_pre_hook(zero_padding)
+
+def _zero_padding_frames(depthwise: nn.Module, args: tuple) -> tuple | None:
+    mask = getattr(depthwise, "padding_mask", None)
+    if mask is None:
+        return None
+    return (args[0].masked_fill(mask.unsqueeze(1), 0.0),)  # (B, C, T)
 
 
 @register_model("conformer_ctc")
