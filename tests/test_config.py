@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 from hydra.utils import instantiate
-
 from omegaconf import OmegaConf
 
 from mlnotes_zoo.config import check_overrides, config_dir, group_options
