@@ -113,7 +113,7 @@ def bench_checkpointing() -> dict:
         results[name]["digits_8x8"] = case(name, small, 64)
     results["target"] = "time_ratio <= 1.4 with memory_reduction >= 4"
     results["timing"] = ("CPU seconds, 1 thread, plain and checkpointed steps interleaved; "
-                         "time_ratio = median of per-pair ratios; shared 2-core machine")
+                         "time_ratio = median of per-pair ratios; 2-core machine")
     results["flow_input"] = (f"{'x'.join(map(str, FLOW_SHAPE))} uniform [0, 1) images "
                              "(CIFAR-10-sized); digits_8x8 = the zoo's default 1x8x8 input")
     return results
