@@ -234,8 +234,10 @@ def test_detections_per_image_lie_inside_their_image_with_valid_labels_and_score
         assert det["boxes"].shape == (n, 4) and det["labels"].shape == det["scores"].shape == (n,)
         assert n <= model.roi_heads.detections_per_img
         boxes = det["boxes"]
-        assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= w).all()
-        assert (boxes[:, 1] >= 0).all() and (boxes[:, 3] <= h).all()
+        # boxes are clipped in the resized image and scaled back: float rounding only
+        eps = 1e-4 * max(h, w)
+        assert (boxes[:, 0] >= -eps).all() and (boxes[:, 2] <= w + eps).all()
+        assert (boxes[:, 1] >= -eps).all() and (boxes[:, 3] <= h + eps).all()
         assert (boxes[:, 2] >= boxes[:, 0]).all() and (boxes[:, 3] >= boxes[:, 1]).all()
         assert ((det["labels"] >= 1) & (det["labels"] < model.num_classes)).all()
         assert ((det["scores"] >= 0) & (det["scores"] <= 1)).all()
