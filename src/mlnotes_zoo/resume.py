@@ -189,8 +189,7 @@ def continue_csv_logs(loggers: list[Any], ckpt_path: str | os.PathLike) -> None:
         if not path.is_file():
             continue
         # mmap: the step without reading every tensor of a large checkpoint
-        step = int(torch.load(ckpt_path, map_location="cpu", weights_only=True,
-                              mmap=True).get("global_step", 0))
+        step = int(safe_torch_load(ckpt_path, mmap=True).get("global_step", 0))
         with path.open(newline="") as f:
             rows = [r for r in csv.DictReader(f) if _row_step(r) <= step
                     and not any(v for k, v in r.items() if k.startswith("test/"))]

@@ -50,10 +50,11 @@ class IncompatibleWeightsError(ValueError):
 
 
 # -- reading ------------------------------------------------------------------------------
-def safe_torch_load(path: str | PathLike, *, map_location: Any = "cpu") -> Any:
-    """``torch.load(path, weights_only=True)`` with errors that say what went wrong."""
+def safe_torch_load(path: str | PathLike, *, map_location: Any = "cpu", mmap: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)`` with errors that say what went wrong
+    (``mmap=True``: tensors are mapped from the file, not read)."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise
     except Exception as err:  # noqa: BLE001 - torch raises KeyError/RuntimeError/... for junk

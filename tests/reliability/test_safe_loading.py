@@ -103,6 +103,23 @@ def test_resuming_from_a_malicious_checkpoint_is_refused(make_cfg, tmp_path, cap
     assert not marker.exists()
 
 
+def test_resuming_a_run_dir_whose_last_checkpoint_is_malicious_is_refused(make_cfg, tmp_path,
+                                                                          capsys):
+    # resume=auto in a run dir with a CSV log: the log's rows are kept up to the checkpoint's
+    # step, which reads the checkpoint too
+    marker = tmp_path / "code_ran"
+    (tmp_path / "checkpoints").mkdir()
+    torch.save({"state_dict": {}, "global_step": 3, "x": _RunsCode(marker)},
+               tmp_path / "checkpoints" / "last.ckpt")
+    (tmp_path / "csv").mkdir()
+    (tmp_path / "csv" / "metrics.csv").write_text("epoch,step,train/loss\n0,1,1.0\n")
+    with pytest.raises(SystemExit) as info:
+        _task(make_cfg(*[a for a in TINY if a != "logger=none"], "logger=csv", "resume=auto"))
+    assert info.value.code == 2
+    assert "refused to load" in capsys.readouterr().err
+    assert not marker.exists()
+
+
 def test_weights_of_another_model_name_both_models(tmp_path):
     ckpt = _fake_ckpt(tmp_path / "gan.ckpt", "dcgan", in_shape=[1, 8, 8], latent_dim=8,
                       gen_width=8, disc_width=8)
