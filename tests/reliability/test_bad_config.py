@@ -237,3 +237,12 @@ def _all_param_names(cfg: DictConfig) -> set[str]:
 
     walk(cfg)
     return names | {"seed"}
+
+
+def test_values_a_library_allows_are_not_refused():
+    # Lightning's ModelCheckpoint takes every_n_epochs=0 (no epoch-end checkpoints)
+    from mlnotes_zoo.config import UsageError
+
+    assert check_overrides(["+callbacks.model_checkpoint.every_n_epochs=0"])
+    with pytest.raises(UsageError, match="every_n_epochs=-2: must be an integer >= 0"):
+        check_overrides(["+callbacks.model_checkpoint.every_n_epochs=-2"])
