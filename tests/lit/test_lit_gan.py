@@ -109,3 +109,11 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(make_cfg, tmp_path, 
         for pid, state in opt_a["state"].items():
             for name, tensor in state.items():
                 torch.testing.assert_close(opt_b["state"][pid][name], tensor, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("key", ["optimizer", "scheduler"])
+def test_a_single_optimizer_or_scheduler_is_refused_not_ignored(key):
+    from functools import partial
+
+    with pytest.raises(ValueError, match=f"gen_optimizer and disc_optimizer, not {key}="):
+        LitGAN(net=GAN(in_shape=(1, 8, 8)), **{key: partial(torch.optim.SGD, lr=0.1)})

@@ -248,6 +248,19 @@ class ZooModule(pl.LightningModule):
         return {}
 
 
+def paired_rows_grid(inputs: Tensor, outputs: Tensor, *, nrow: int = 8) -> Tensor:
+    """An image grid (3, H', W') of ``inputs`` (N, C, H, W) in odd rows with ``outputs``
+    (reconstructions) right below them, ``nrow`` pairs per row; a remainder of fewer than
+    ``nrow`` pairs is dropped unless there are fewer than ``nrow`` in all."""
+    from torchvision.utils import make_grid
+
+    n = (inputs.shape[0] // nrow) * nrow or inputs.shape[0]
+    nrow = min(nrow, n)
+    rows = torch.stack([inputs[:n], outputs[:n]], dim=1)  # (N, 2, C, H, W)
+    rows = rows.reshape(-1, nrow, 2, *inputs.shape[1:]).transpose(1, 2)
+    return make_grid(rows.reshape(-1, *inputs.shape[1:]), nrow=nrow, padding=1, pad_value=0.5)
+
+
 def _batch_size(batch: Any) -> int:
     first = batch[0] if isinstance(batch, (list, tuple)) else batch
     return int(first.shape[0]) if isinstance(first, Tensor) else 1

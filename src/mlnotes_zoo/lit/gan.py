@@ -81,6 +81,10 @@ class LitGAN(ZooModule):
         eval_seed: int = 1234,
         **base_kwargs: Any,
     ) -> None:
+        for key in ("optimizer", "scheduler"):
+            if base_kwargs.get(key) is not None:
+                raise ValueError(f"LitGAN trains two networks: set gen_optimizer and "
+                                 f"disc_optimizer, not {key}= (it would be ignored)")
         base_kwargs.setdefault("monitor", "val/fid")
         super().__init__(net=net, **base_kwargs)
         for name in ("gen_optimizer", "disc_optimizer"):  # partials: not checkpoint material

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.utils import make_grid
 
-from mlnotes_zoo.lit.base import OptimizerFactory, SchedulerFactory, ZooModule
+from mlnotes_zoo.lit.base import OptimizerFactory, SchedulerFactory, ZooModule, paired_rows_grid
 from mlnotes_zoo.losses.elbo import elbo, gaussian_kl_standard_normal, iwae_bound
 from mlnotes_zoo.models.vae import VAE
 
@@ -87,13 +87,9 @@ class LitVAE(ZooModule):
     def pictures(self, batch: Any) -> dict[str, Tensor]:
         x = self.prepare(batch[0][: self.num_pictures])
         recon = self.net.mean_image(self.net.decode(self.net.encode(x)[0]))
-        # Inputs in odd rows, their reconstructions (decoder mean at z = μ) below them.
-        rows = torch.stack([x, recon.clamp(0, 1)], dim=1)  # (N, 2, C, H, W)
-        nrow = 8
-        n = (x.shape[0] // nrow) * nrow or x.shape[0]
-        rows = rows[:n].reshape(-1, nrow, 2, *x.shape[1:]).transpose(1, 2).reshape(-1, *x.shape[1:])
         samples = self.net.sample(64).clamp(0, 1)
         return {
-            "reconstructions": make_grid(rows, nrow=nrow, padding=1, pad_value=0.5),
+            # inputs, with their reconstructions (decoder mean at z = μ) below them
+            "reconstructions": paired_rows_grid(x, recon.clamp(0, 1)),
             "samples": make_grid(samples, nrow=8, padding=1, pad_value=0.5),
         }

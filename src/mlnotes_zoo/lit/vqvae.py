@@ -7,9 +7,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torchvision.utils import make_grid
 
-from mlnotes_zoo.lit.base import OptimizerFactory, SchedulerFactory, ZooModule
+from mlnotes_zoo.lit.base import OptimizerFactory, SchedulerFactory, ZooModule, paired_rows_grid
 from mlnotes_zoo.losses.vqvae import (
     codebook_loss,
     commitment_loss,
@@ -108,10 +107,5 @@ class LitVQVAE(ZooModule):
         recon = self.net.decode_indices(self.net.encode(x))
         if self.net.output != "sigmoid":
             recon = recon.clamp(0, 1)
-        # Inputs in odd rows, their reconstructions from the codes below them.
-        nrow = 8
-        n = (x.shape[0] // nrow) * nrow or x.shape[0]
-        nrow = min(nrow, n)
-        rows = torch.stack([x[:n], recon[:n]], dim=1)  # (N, 2, C, H, W)
-        rows = rows.reshape(-1, nrow, 2, *x.shape[1:]).transpose(1, 2).reshape(-1, *x.shape[1:])
-        return {"reconstructions": make_grid(rows, nrow=nrow, padding=1, pad_value=0.5)}
+        # inputs, with their reconstructions from the codes below them
+        return {"reconstructions": paired_rows_grid(x, recon)}
