@@ -18,6 +18,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+from torchvision.ops import masks_to_boxes
 
 __all__ = ["ShapesDataModule", "ShapesDataset", "DetectionDataset", "detection_collate",
            "generate_shapes", "masks_to_boxes_xyxy", "SHAPE_NAMES"]
@@ -32,17 +33,12 @@ def detection_collate(batch: list[tuple[Tensor, dict[str, Tensor]]]) -> tuple[li
 
 
 def masks_to_boxes_xyxy(masks: Tensor) -> Tensor:
-    """(N, H, W) masks -> (N, 4) ``xyxy`` boxes enclosing whole pixels (x1 = last column + 1)."""
-    if masks.numel() == 0:
-        return torch.zeros(0, 4)
-    rows, cols = masks.any(2), masks.any(1)  # (N, H), (N, W)
-    h, w = masks.shape[-2:]
-    ys, xs = torch.arange(h), torch.arange(w)
-    y0 = torch.where(rows, ys, h).amin(1)
-    y1 = torch.where(rows, ys, -1).amax(1) + 1
-    x0 = torch.where(cols, xs, w).amin(1)
-    x1 = torch.where(cols, xs, -1).amax(1) + 1
-    return torch.stack([x0, y0, x1, y1], 1).float()
+    """(N, H, W) non-empty masks -> (N, 4) ``xyxy`` boxes enclosing whole pixels.
+
+    torchvision's ``masks_to_boxes`` gives the last pixel's index as x2/y2; the box of the
+    pixels themselves ends one further (x2 = last column + 1), as COCO's boxes do.
+    """
+    return masks_to_boxes(masks) + torch.tensor([0.0, 0.0, 1.0, 1.0])
 
 
 def _shape_mask(kind: int, cx: float, cy: float, size: float,
