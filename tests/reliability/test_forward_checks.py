@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from mlnotes_zoo import create_model, list_models
-from mlnotes_zoo.models._checks import check_tensor, format_shape
+from mlnotes_zoo.models.shared import check_tensor, format_shape
 
 # "<Class>.forward: <arg> must be a <kind> tensor of shape (B, 1, 8, 8); got <dtype> (...)"
 MESSAGE = re.compile(r"^\w+\.(forward|infer|encode): \S+ must be an? [\w ()]*tensor of shape "

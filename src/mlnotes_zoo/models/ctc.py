@@ -23,8 +23,8 @@ import torchaudio
 from torch import Tensor, nn
 from torchaudio.models.conformer import ConformerLayer
 
-from mlnotes_zoo.models._checks import check_tensor
 from mlnotes_zoo.models.ctc_decoding import greedy_decode, ids_to_text, prefix_beam_search
+from mlnotes_zoo.models.shared import check_tensor
 from mlnotes_zoo.registry import register_model
 
 __all__ = [

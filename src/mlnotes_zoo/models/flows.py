@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from mlnotes_zoo.layers.coupling import AffineCoupling, Squeeze
 from mlnotes_zoo.losses.flows import standard_normal_log_prob
-from mlnotes_zoo.models._checks import check_tensor
+from mlnotes_zoo.models.shared import check_tensor
 from mlnotes_zoo.registry import register_model
 
 __all__ = [

@@ -25,7 +25,7 @@ from typing import ClassVar, Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from mlnotes_zoo.models._checks import check_tensor
+from mlnotes_zoo.models.shared import check_tensor
 from mlnotes_zoo.registry import register_model
 
 __all__ = ["GAN", "GANOutput", "Generator", "Discriminator", "UpBlock", "DownBlock"]

@@ -16,7 +16,7 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from mlnotes_zoo.models._checks import check_tensor
+from mlnotes_zoo.models.shared import check_tensor
 from mlnotes_zoo.registry import register_model
 
 __all__ = ["ResidualBlock", "ResNetEncoder", "ProjectionHead", "SimCLR", "SupCon",

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mlnotes_zoo.layers.attention import KVCache, MultiHeadAttention, sinusoidal_encoding
-from mlnotes_zoo.models._checks import check_tensor
+from mlnotes_zoo.models.shared import check_tensor
 from mlnotes_zoo.registry import register_model
 
 __all__ = ["MLP", "TransformerBlock", "TokenEmbedding", "Seq2SeqTransformer", "GPT",

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from mlnotes_zoo.losses.elbo import bernoulli_log_likelihood, gaussian_log_likelihood
-from mlnotes_zoo.models._checks import check_tensor
+from mlnotes_zoo.models.shared import check_tensor
 from mlnotes_zoo.registry import register_model
 
 __all__ = ["VAE", "VAEOutput", "MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder"]

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from mlnotes_zoo.models._checks import check_tensor
+from mlnotes_zoo.models.shared import check_tensor
 from mlnotes_zoo.registry import register_model
 
 __all__ = ["VQVAE", "VQVAEOutput", "Quantized", "VectorQuantizer", "ResidualBlock",

@@ -33,11 +33,11 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.models.resnet import BasicBlock
 
-from mlnotes_zoo.models._checks import check_tensor
 from mlnotes_zoo.models.detection.backbone import ResNetFPN
 from mlnotes_zoo.models.detection.mask_head import build_mask_branch
 from mlnotes_zoo.models.detection.roi_heads import build_roi_heads
 from mlnotes_zoo.models.detection.rpn import build_rpn
+from mlnotes_zoo.models.shared import check_tensor
 from mlnotes_zoo.registry import register_model
 
 __all__ = ["FasterRCNN", "MaskRCNN", "example_targets"]

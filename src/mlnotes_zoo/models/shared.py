@@ -1,4 +1,4 @@
-"""Input checks at the top of every network's ``forward``.
+"""Code two or more families use: the input checks at the top of every network's ``forward``.
 
 A tensor of the wrong rank, size or dtype otherwise fails deep inside (a matmul that cannot
 multiply 64 by 192, an embedding that wants Long), far from the cause. These checks turn it
