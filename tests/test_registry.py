@@ -43,6 +43,22 @@ def test_unknown_kwarg_is_an_error():
         create_model("vae", latnt_dim=3)
 
 
+def test_kwargs_are_checked_against_the_annotated_ranges():
+    # the ranges live in the builders' signatures; create_model checks every kwarg once
+    with pytest.raises(ValueError, match=r"^vae: latent_dim=0: input should be greater than "
+                                         r"or equal to 1$"):
+        create_model("vae", latent_dim=0)
+    with pytest.raises(ValueError, match=r"^vae: arch='transformer': input should be 'mlp' "
+                                         r"or 'conv'$"):
+        create_model("vae", arch="transformer")
+    with pytest.raises(ValueError, match=r"^vae: in_shape\[1\]=\[1, 0, 8\]: input should be "
+                                         r"greater than or equal to 1$"):
+        create_model("vae", in_shape=[1, 0, 8])
+    with pytest.raises(ValueError, match=r"^vae: in_shape=\(8, 8\): too few items$"):
+        create_model("vae", in_shape=(8, 8))
+    assert create_model("vae", in_shape=[1, 8, 8]).in_shape == (1, 8, 8)  # YAML gives lists
+
+
 def test_models_import_without_lightning():
     # A meta-path hook makes any Lightning import fail, as if it were not installed.
     code = """
@@ -52,7 +68,7 @@ class Block:
         if name.split('.')[0] in ('pytorch_lightning', 'lightning', 'lightning_fabric'):
             raise ImportError('blocked: ' + name)
 sys.meta_path.insert(0, Block())
-import mlnotes_zoo.models, mlnotes_zoo.layers, mlnotes_zoo.losses
+import mlnotes_zoo.models
 from mlnotes_zoo import create_model, list_models
 for name in list_models():
     create_model(name)

@@ -3,17 +3,27 @@
 Builders are registered with ``@register_model("name")`` (timm / torchvision style). A
 network built by :func:`create_model` remembers how it was built in ``model.zoo_spec``
 (``{"name": ..., **kwargs}``) so that a checkpoint can rebuild it from plain kwargs.
+
+The kwargs are checked against the builder's annotations before it runs (the ranges live in
+the signature, ``latent_dim: PositiveInt``; see :mod:`mlnotes_zoo.constraints`), so the
+Python API, a checkpoint's spec and a config's ``net`` node pass through the same check.
+
+A leaf module: it imports nothing of the zoo. Importing :mod:`mlnotes_zoo` (the package)
+imports :mod:`mlnotes_zoo.models`, which registers every built-in family.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from os import PathLike
+import functools
+import inspect
+import typing
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 from torch import nn
 
-__all__ = ["register_model", "create_model", "list_models", "get_builder"]
+__all__ = ["register_model", "create_model", "list_models", "get_builder", "check_kwargs"]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -39,19 +49,12 @@ def _qualname(obj: Any) -> str:
     return f"{obj.__module__}.{obj.__qualname__}"
 
 
-def _ensure_builtin_models() -> None:
-    # Importing the package registers every built-in family.
-    import mlnotes_zoo.models  # noqa: F401
-
-
 def list_models() -> list[str]:
     """Sorted names of all registered networks."""
-    _ensure_builtin_models()
     return sorted(_MODELS)
 
 
 def get_builder(name: str) -> Callable[..., nn.Module]:
-    _ensure_builtin_models()
     try:
         return _MODELS[name]
     except KeyError:
@@ -60,19 +63,74 @@ def get_builder(name: str) -> Callable[..., nn.Module]:
         ) from None
 
 
-def create_model(name: str, *, weights: str | PathLike | None = None, **kwargs: Any) -> nn.Module:
+def create_model(name: str, **kwargs: Any) -> nn.Module:
     """Build the registered network ``name`` with keyword arguments ``kwargs``.
 
-    ``weights``: a ``.safetensors`` file from :func:`mlnotes_zoo.export`, or a ``.ckpt`` from
-    ``train.py`` (read with ``torch.load(weights_only=True)``: a pickle that would run code is
-    refused). Its saved kwargs are the defaults, so ``create_model("vae", weights=f)``
-    rebuilds the saved network; a file of another model, or kwargs whose tensors differ, is
-    an error naming the model, keys and shapes (:mod:`mlnotes_zoo.weights`).
+    A value outside its annotated type or range is a ``ValueError`` naming the model, the
+    key, the value and what is allowed; an unknown key is the builder's ``TypeError``.
+    (Loading weights: :func:`mlnotes_zoo.create_model` with ``weights=``.)
     """
-    if weights is not None:
-        from mlnotes_zoo.weights import load_weights
-
-        return load_weights(name, weights, kwargs)
-    model = get_builder(name)(**kwargs)
+    builder = get_builder(name)
+    check_kwargs(name, kwargs)
+    model = builder(**kwargs)
     model.zoo_spec = {"name": name, **kwargs}
     return model
+
+
+def check_kwargs(name: str, kwargs: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` for the first kwarg that does not fit the builder's annotation."""
+    adapters = _adapters(get_builder(name))
+    for key, value in kwargs.items():
+        if key not in adapters:
+            continue
+        adapter, note = adapters[key]
+        try:
+            adapter.validate_python(_plain(value))
+        except ValidationError as err:
+            first = err.errors()[0]
+            missing = first["type"] == "missing"  # a tuple of fixed length given too few items
+            where = "" if missing else "".join(f"[{i}]" for i in first["loc"])
+            msg = "too few items" if missing else first["msg"][0].lower() + first["msg"][1:]
+            raise ValueError(f"{name}: {key}{where}={value!r}: {msg}"
+                             + (f" ({note})" if note else "")) from None
+
+
+_CONFIG = ConfigDict(arbitrary_types_allowed=True)
+
+
+@functools.cache
+def _adapters(builder: Callable[..., Any]) -> dict[str, tuple[TypeAdapter, str]]:
+    """(pydantic validator, description) per annotated keyword parameter of a builder."""
+    fn = builder.__init__ if inspect.isclass(builder) else builder
+    try:
+        hints = typing.get_type_hints(fn, include_extras=True)
+        params = inspect.signature(fn).parameters
+    except Exception:  # noqa: BLE001 - unresolvable annotations: the builder checks alone
+        return {}
+    adapters = {}
+    for key, param in params.items():
+        if key in hints and param.kind in (param.KEYWORD_ONLY, param.POSITIONAL_OR_KEYWORD):
+            try:
+                adapters[key] = TypeAdapter(hints[key], config=_CONFIG), _description(hints[key])
+            except Exception:  # noqa: BLE001 - a type pydantic cannot check (a callable, ...)
+                continue
+    return adapters
+
+
+def _description(annotation: Any) -> str:
+    """The ``Field(description=...)`` of an ``Annotated`` parameter, if any."""
+    if typing.get_origin(annotation) is not typing.Annotated:
+        return ""
+    for meta in typing.get_args(annotation)[1:]:
+        if getattr(meta, "description", None):
+            return meta.description
+    return ""
+
+
+def _plain(value: Any) -> Any:
+    """Sequences (OmegaConf's ListConfig included) as lists, mappings as dicts."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return [_plain(v) for v in value]
+    return value

@@ -24,9 +24,9 @@ USAGE = ("usage: python -m mlnotes_zoo.transcribe ckpt=<file.ckpt> wav=<audio> [
 def transcribe_files(ckpt: str | Path, files: list[str | Path], *, decoder: str = "greedy",
                      beam_width: int = 8) -> list[str]:
     """Text of each audio file under the CTC network stored in ``ckpt``."""
-    from mlnotes_zoo import load_checkpoint
     from mlnotes_zoo.data.speech import read_audio
     from mlnotes_zoo.models.ctc import CTCSpeechModel
+    from mlnotes_zoo.weights import load_checkpoint
 
     net = load_checkpoint(ckpt)
     if not isinstance(net, CTCSpeechModel):

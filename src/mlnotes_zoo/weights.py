@@ -1,4 +1,4 @@
-"""Safe weight files: ``weights_only`` checkpoints, safetensors export, clear mismatches.
+"""Loading and export of weights: ``weights_only`` checkpoints, safetensors, clear mismatches.
 
 Nothing here unpickles more than tensors and plain Python values, so a file from an
 untrusted source cannot run code when it is opened (a pickle can name any callable, e.g.
@@ -13,6 +13,10 @@ Formats read by :func:`read_weights`:
 - a ``.safetensors`` written by :func:`export`: the spec is the ``mlnotes_zoo.net`` metadata
   entry (JSON);
 - a plain ``state_dict`` saved with ``torch.save`` (no spec: the kwargs must be given).
+
+:func:`load_checkpoint` rebuilds a network from either of the first two; :func:`export`
+writes the second from the first. (A training run's full state — optimizer, RNG, loops — is
+:mod:`mlnotes_zoo.resume`'s business.)
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from importlib import metadata
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from os import PathLike
@@ -29,23 +34,26 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["export", "read_weights", "load_weights", "safe_torch_load", "check_state_dict",
-           "atomic_path", "UnsafeCheckpointError", "IncompatibleWeightsError",
-           "UnreadableWeightsError"]
+from mlnotes_zoo.errors import ZooError
+from mlnotes_zoo.registry import create_model
+
+__all__ = ["load_checkpoint", "export", "read_weights", "load_weights", "safe_torch_load",
+           "check_state_dict", "atomic_path", "UnsafeCheckpointError",
+           "IncompatibleWeightsError", "UnreadableWeightsError"]
 
 SPEC_KEY = "mlnotes_zoo.net"  # safetensors metadata: JSON {"name": ..., **kwargs}
 _SHOWN = 3  # keys listed per kind of mismatch; the rest are counted
 
 
-class UnsafeCheckpointError(ValueError):
+class UnsafeCheckpointError(ZooError, ValueError):
     """The file's pickle asks for more than tensors and plain values (it could run code)."""
 
 
-class UnreadableWeightsError(ValueError):
+class UnreadableWeightsError(ZooError, ValueError):
     """The file is not a checkpoint, state dict or safetensors file (or it is truncated)."""
 
 
-class IncompatibleWeightsError(ValueError):
+class IncompatibleWeightsError(ZooError, ValueError):
     """The weights belong to another network, or to the same one built with other kwargs."""
 
 
@@ -156,8 +164,6 @@ def load_weights(name: str | None, path: str | PathLike, kwargs: Mapping[str, An
     saved network); kwargs given here override them, and must still fit the tensors.
     ``name=None`` takes the name from the file.
     """
-    from mlnotes_zoo.registry import create_model
-
     spec, state = read_weights(path)
     if name is None:
         if spec is None or "name" not in spec:
@@ -175,6 +181,18 @@ def load_weights(name: str | None, path: str | PathLike, kwargs: Mapping[str, An
                      target=describe(model.zoo_spec), note=spec_note(spec, kwargs))
     model.load_state_dict(state)
     return model
+
+
+def load_checkpoint(path: str | PathLike, *, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Load ``path`` (a ``.ckpt`` written by ``train.py``, or a ``.safetensors`` written by
+    :func:`export`) and return its network in eval mode; Lightning is not needed.
+
+    The network is rebuilt from the registry name and kwargs kept in the file (a checkpoint's
+    ``hyper_parameters["net"]``): nothing is unpickled but tensors and plain Python values
+    (``torch.load(weights_only=True)``); a pickle that asks for more is refused
+    (:class:`UnsafeCheckpointError`).
+    """
+    return load_weights(None, path, {}).to(map_location).eval()
 
 
 # -- writing ------------------------------------------------------------------------------
@@ -223,14 +241,20 @@ def export(checkpoint: str | PathLike, out: str | PathLike) -> Path:
     """
     from safetensors.torch import save_file
 
-    from mlnotes_zoo import __version__
-
     model = load_weights(None, checkpoint, {})  # checks the tensors against the spec
     # copies: safetensors refuses tensors that share storage (tied weights are stored twice)
     tensors = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     out = Path(out)
     metadata = {SPEC_KEY: json.dumps(model.zoo_spec), "format": "pt",
-                "mlnotes_zoo.version": __version__}
+                "mlnotes_zoo.version": package_version()}
     with atomic_path(out) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return out
+
+
+def package_version() -> str:
+    """The installed mlnotes-zoo version (``0+unknown`` when run from an uninstalled tree)."""
+    try:
+        return metadata.version("mlnotes-zoo")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"

@@ -16,6 +16,7 @@ from omegaconf import open_dict
 from safetensors import safe_open
 
 from mlnotes_zoo import create_model, export, load_checkpoint
+from mlnotes_zoo.errors import ZooError
 from mlnotes_zoo.train import _task, main
 from mlnotes_zoo.weights import (
     IncompatibleWeightsError,
@@ -43,6 +44,13 @@ def _fake_ckpt(path: Path, name: str, **kwargs) -> Path:
     torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
                 "hyper_parameters": {"net": net.zoo_spec}}, path)
     return path
+
+
+def test_weight_file_errors_are_zoo_errors():
+    # train.py catches ZooError once and exits with its code, without a traceback
+    for error in (IncompatibleWeightsError, UnreadableWeightsError, UnsafeCheckpointError):
+        assert issubclass(error, ZooError) and issubclass(error, ValueError)
+        assert error.exit_code == 2
 
 
 @pytest.fixture

@@ -10,8 +10,7 @@ from torch import Tensor, nn
 from torchvision.utils import make_grid
 
 from mlnotes_zoo.lit.base import OptimizerFactory, SchedulerFactory, ZooModule, paired_rows_grid
-from mlnotes_zoo.losses.elbo import elbo, gaussian_kl_standard_normal, iwae_bound
-from mlnotes_zoo.models.vae import VAE
+from mlnotes_zoo.models.vae import VAE, elbo, gaussian_kl_standard_normal, iwae_bound
 
 
 class LitVAE(ZooModule):

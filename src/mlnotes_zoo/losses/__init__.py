@@ -2,14 +2,6 @@
 
 from mlnotes_zoo.losses.contrastive import gather_with_grad, nt_xent, supcon
 from mlnotes_zoo.losses.ctc import ctc_loss
-from mlnotes_zoo.losses.elbo import (
-    bernoulli_log_likelihood,
-    elbo,
-    gaussian_kl_standard_normal,
-    gaussian_log_likelihood,
-    iwae_bound,
-    log_normal,
-)
 from mlnotes_zoo.losses.flows import (
     bits_per_dim,
     flow_log_likelihood,
@@ -49,12 +41,6 @@ __all__ = [
     "flow_log_likelihood",
     "flow_nll",
     "uniform_dequantize",
-    "bernoulli_log_likelihood",
-    "elbo",
-    "gaussian_kl_standard_normal",
-    "gaussian_log_likelihood",
-    "iwae_bound",
-    "log_normal",
     "critic_loss",
     "discriminator_loss",
     "gradient_penalty",

@@ -1,18 +1,33 @@
-"""Networks of the zoo: torch only (no Lightning), one family per module.
+"""Networks of the zoo and their objectives: torch only (no Lightning), one family per module.
 
-Importing this package registers every family with :mod:`mlnotes_zoo.registry`.
+``models/<family>.py`` (a package ``models/<family>/`` where it outgrows ~500 lines) holds a
+family's networks, its objective (losses, bounds, metric maths) and the layers only it uses;
+``models/shared.py`` what two or more families use. Importing this package imports every
+family module in it, which registers its networks with :mod:`mlnotes_zoo.registry` (a new
+family needs no line here).
+
+Each family lists the functions of its objective in ``OBJECTIVE``; :data:`OBJECTIVES` maps
+every such name to its function (each is property-tested in
+``tests/reliability/test_properties.py``).
 """
 
-from mlnotes_zoo.models.ctc import ConformerCTC, DeepSpeechCTC
-from mlnotes_zoo.models.detection import FasterRCNN, MaskRCNN
-from mlnotes_zoo.models.flows import Glow, RealNVP
-from mlnotes_zoo.models.gan import GAN
-from mlnotes_zoo.models.pondernet import PonderNet
-from mlnotes_zoo.models.simclr import SimCLR, SupCon
-from mlnotes_zoo.models.transformer import GPT, Seq2SeqTransformer
-from mlnotes_zoo.models.vae import VAE
-from mlnotes_zoo.models.vqvae import VQVAE
+from __future__ import annotations
 
-__all__ = ["DeepSpeechCTC", "ConformerCTC",
-           "Glow", "RealNVP", "GAN", "FasterRCNN", "MaskRCNN", "PonderNet",
-           "SimCLR", "SupCon", "Seq2SeqTransformer", "GPT", "VAE", "VQVAE"]
+import importlib
+import pkgutil
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["FAMILIES", "OBJECTIVES"]
+
+FAMILIES: list[str] = [info.name for info in pkgutil.iter_modules(__path__)
+                       if info.name != "shared" and not info.name.startswith("_")]
+
+OBJECTIVES: dict[str, Callable[..., Any]] = {}
+
+for _family in FAMILIES:
+    _module = importlib.import_module(f"{__name__}.{_family}")
+    for _name in getattr(_module, "OBJECTIVE", ()):
+        if _name in OBJECTIVES:
+            raise ImportError(f"objective {_name!r} of models.{_family} is defined twice")
+        OBJECTIVES[_name] = getattr(_module, _name)

@@ -1,10 +1,17 @@
-"""Variational autoencoder (Kingma & Welling 2014), MLP and convolutional variants.
+"""Variational autoencoder (Kingma & Welling 2014), MLP and convolutional variants, and its
+objective: the ELBO and the importance-weighted bound (IWAE, Burda et al. 2016).
 
-Reads top-down: encoders, decoders, then :class:`VAE`. The network returns its outputs;
-:mod:`mlnotes_zoo.losses.elbo` turns them into the ELBO and the IWAE bound. The notes
-(``shared/notes/000`` "Reparametrization trick", ``004`` "Variational autoencoder") explain
-why the sample is written z = μ + σ·ε: the randomness ε has no parameters, so gradients
-reach the encoder only through μ and σ.
+Reads top-down: encoders, decoders, :class:`VAE`, then the objective. The network returns
+its outputs; the functions below turn them into the bounds. The notes (``shared/notes/000``
+"Reparametrization trick", ``004`` "Variational autoencoder") explain why the sample is
+written z = μ + σ·ε: the randomness ε has no parameters, so gradients reach the encoder only
+through μ and σ. Notation of the objective:
+
+    ELBO(x) = E_{q(z|x)}[log p(x|z)] − KL(q(z|x) ‖ p(z)),      p(z) = N(0, I)
+    IWAE_k(x) = E[log (1/k) Σ_i p(x, z_i) / q(z_i|x)],          z_i ~ q(z|x)
+
+IWAE_1 = ELBO ≤ IWAE_k ≤ IWAE_{k+1} ≤ log p(x) (Burda et al., Theorem 1). The objective's
+functions return one value per example (shape ``(B,)``), in nats.
 """
 
 from __future__ import annotations
@@ -13,17 +20,17 @@ import math
 from typing import Literal, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mlnotes_zoo.losses.elbo import bernoulli_log_likelihood, gaussian_log_likelihood
+from mlnotes_zoo.constraints import PositiveInt
 from mlnotes_zoo.models.shared import check_tensor
 from mlnotes_zoo.registry import register_model
 
-__all__ = ["VAE", "VAEOutput", "MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder"]
-
-LIKELIHOODS = ("bernoulli", "gaussian")
-ARCHS = ("mlp", "conv")
-
+OBJECTIVE = ["gaussian_kl_standard_normal", "bernoulli_log_likelihood", "gaussian_log_likelihood",
+             "log_normal", "elbo", "iwae_bound"]
+__all__ = ["VAE", "VAEOutput", "MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder",
+           *OBJECTIVE]
 
 class MLPEncoder(nn.Module):
     """x (B, C, H, W) -> 2·latent_dim numbers: (μ, log σ²)."""
@@ -129,9 +136,9 @@ class VAE(nn.Module):
     def __init__(
         self,
         *,
-        in_shape: tuple[int, int, int] = (1, 8, 8),
-        latent_dim: int = 8,
-        hidden: int = 256,
+        in_shape: tuple[PositiveInt, PositiveInt, PositiveInt] = (1, 8, 8),
+        latent_dim: PositiveInt = 8,
+        hidden: PositiveInt = 256,
         arch: Literal["mlp", "conv"] = "mlp",
         likelihood: Literal["bernoulli", "gaussian"] = "bernoulli",
         encoder: nn.Module | None = None,
@@ -139,12 +146,6 @@ class VAE(nn.Module):
     ) -> None:
         super().__init__()
         in_shape = tuple(in_shape)
-        if len(in_shape) != 3:
-            raise ValueError(f"in_shape must be (C, H, W), got {in_shape}")
-        if likelihood not in LIKELIHOODS:
-            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
-        if arch not in ARCHS:
-            raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
         if arch == "conv" and (in_shape[1] % 4 or in_shape[2] % 4):
             raise ValueError(f"arch='conv' needs H and W divisible by 4, got in_shape={in_shape}")
         self.in_shape = in_shape
@@ -202,3 +203,58 @@ class VAE(nn.Module):
         device = next(self.parameters()).device
         z = temperature * torch.randn(num_samples, self.latent_dim, device=device)
         return self.mean_image(self.decode(z))
+
+
+# -- the objective: ELBO and IWAE ------------------------------------------------------
+_LOG_2PI = math.log(2 * math.pi)
+
+
+def gaussian_kl_standard_normal(mu: Tensor, logvar: Tensor) -> Tensor:
+    """Analytic KL(N(μ, diag σ²) ‖ N(0, I)) summed over the latent dimension."""
+    # KL = −½ Σ_j (1 + log σ_j² − μ_j² − σ_j²)
+    return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=-1)
+
+
+def log_normal(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+    """log N(z; μ, diag σ²) summed over the last dimension."""
+    # log N = −½ Σ_j [log 2π + log σ_j² + (z_j − μ_j)² / σ_j²]
+    return -0.5 * torch.sum(_LOG_2PI + logvar + (z - mu).pow(2) * torch.exp(-logvar), dim=-1)
+
+
+def bernoulli_log_likelihood(logits: Tensor, x: Tensor, *, event_dims: int) -> Tensor:
+    """log p(x|z) = Σ_d x_d log π_d + (1 − x_d) log(1 − π_d), π = sigmoid(logits); x ∈ {0, 1}.
+
+    Sums over the last ``event_dims`` dimensions (3 for (C, H, W) images); ``x`` broadcasts
+    against ``logits`` so k samples ``(k, B, ...)`` can share one batch ``(B, ...)``.
+    """
+    x = x.expand_as(logits)
+    nll = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
+    return -nll.sum(dim=tuple(range(-event_dims, 0)))
+
+
+def gaussian_log_likelihood(
+    mean: Tensor, log_scale: Tensor, x: Tensor, *, event_dims: int
+) -> Tensor:
+    """log N(x; mean, σ²) summed over the last ``event_dims`` dims, σ = exp(log_scale)."""
+    # log N = −½ log 2π − log σ − (x − m)² / (2σ²)
+    log_px = -0.5 * _LOG_2PI - log_scale - 0.5 * ((x - mean) * torch.exp(-log_scale)).pow(2)
+    return log_px.sum(dim=tuple(range(-event_dims, 0)))
+
+
+def elbo(log_px_given_z: Tensor, kl: Tensor, beta: float = 1.0) -> Tensor:
+    """β-ELBO = E_q[log p(x|z)] − β·KL (β = 1 is the evidence lower bound of the notes)."""
+    return log_px_given_z - beta * kl
+
+
+def iwae_bound(log_px_given_z: Tensor, z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+    """Importance-weighted bound from k samples laid out as ``(k, B, ...)``.
+
+    ``log_px_given_z``: (k, B); ``z``: (k, B, L) drawn from q(z|x) = N(μ, σ²); ``mu``,
+    ``logvar``: (B, L). Returns (B,).
+    """
+    k = z.shape[0]
+    log_pz = log_normal(z, torch.zeros_like(z), torch.zeros_like(z))  # (k, B)
+    log_qz = log_normal(z, mu.unsqueeze(0), logvar.unsqueeze(0))  # (k, B)
+    log_w = log_px_given_z + log_pz - log_qz  # log p(x, z_i) − log q(z_i|x)
+    # IWAE_k = log (1/k) Σ_i w_i, computed stably
+    return torch.logsumexp(log_w, dim=0) - math.log(k)

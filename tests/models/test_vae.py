@@ -6,14 +6,15 @@ import torch
 from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
 
 from mlnotes_zoo import create_model
-from mlnotes_zoo.losses import (
+from mlnotes_zoo.models.vae import (
+    VAE,
     bernoulli_log_likelihood,
     gaussian_kl_standard_normal,
     gaussian_log_likelihood,
     iwae_bound,
     log_normal,
 )
-from mlnotes_zoo.models.vae import VAE
+
 
 
 def test_analytic_kl_matches_monte_carlo_and_torch_distributions():
