@@ -1,6 +1,7 @@
 """Detection training-step time: our FasterRCNN vs torchvision's own ``FasterRCNN`` class
 built independently with the same configuration (same backbone, anchors, RoI sizes, head
-widths and weights). The wrapper only chooses parts, so the target ratio is <= 1.05.
+widths and weights). Ours is torchvision's class assembled from parts passed in, plus input
+checks in ``forward``, so the target ratio is <= 1.05.
 
 Timed: forward (train mode, loss dict) + backward + Adam step on a batch of shapes images,
 in interleaved rounds (ours, theirs, ours, ...) on the same batch and RNG state; the median

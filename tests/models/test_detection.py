@@ -72,6 +72,15 @@ def test_wrong_number_of_anchor_levels_is_a_clear_error():
         create_model("mask_rcnn", mask_layer=(8,))  # misspelt keys are errors
 
 
+def test_ranges_in_the_signature_are_checked_by_create_model():
+    with pytest.raises(ValueError, match=r"num_classes=1: .*2 \(object classes \+ background\)"):
+        create_model("faster_rcnn", num_classes=1)
+    with pytest.raises(ValueError, match="rpn_nms_thresh=2"):
+        create_model("faster_rcnn", rpn_nms_thresh=2.0)
+    with pytest.raises(ValueError, match="mask_layers=()"):
+        create_model("mask_rcnn", mask_layers=())
+
+
 def test_backbone_levels_and_strides():
     fpn = ResNetFPN(stage_channels=(8, 16, 32), stage_blocks=(1, 2, 1), out_channels=24,
                     extra_pool=True)
@@ -103,6 +112,7 @@ def test_same_losses_and_detections_as_torchvision_with_the_same_parts(ours_cls,
                       mask_predictor=MaskRCNNPredictor(32, 32, 4))
     theirs = theirs_cls(ResNetFPN(stem_channels=8, stage_channels=(8, 16, 32), out_channels=32),
                         num_classes=None, **kwargs)
+    assert isinstance(ours, theirs_cls)  # torchvision's class, assembled from passed-in parts
     theirs.load_state_dict(ours.state_dict())  # strict: same parameter names and shapes
     assert sum(p.numel() for p in theirs.parameters()) == sum(p.numel() for p in ours.parameters())
     images, targets = ours.example_input(2)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks, make_grid
 
+from mlnotes_zoo.constraints import Fraction, NonNegativeInt
 from mlnotes_zoo.lit.base import OptimizerFactory, SchedulerFactory, ZooModule
 from mlnotes_zoo.models.detection import FasterRCNN
 
@@ -44,13 +45,13 @@ class LitDetection(ZooModule):
         self,
         *,
         net: nn.Module | Mapping[str, Any],
-        mask_threshold: float = 0.5,
-        picture_score_threshold: float = 0.5,
-        num_pictures: int = 8,
+        mask_threshold: Fraction = 0.5,
+        picture_score_threshold: Fraction = 0.5,
+        num_pictures: NonNegativeInt = 8,
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
         monitor: str = "val/box_map_50",
-        monitor_mode: str = "max",
+        monitor_mode: Literal["min", "max"] = "max",
         **base_kwargs: Any,
     ) -> None:
         super().__init__(net=net, optimizer=optimizer, scheduler=scheduler, monitor=monitor,
