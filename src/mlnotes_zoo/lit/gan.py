@@ -12,20 +12,18 @@ from torch import Tensor, nn
 from torchvision.utils import make_grid
 
 from mlnotes_zoo.lit.base import OptimizerFactory, ZooModule, _batch_size
-from mlnotes_zoo.losses.gan import (
+from mlnotes_zoo.models.gan import (
+    GAN,
+    class_coverage,
+    classifier_fid,
     critic_loss,
     discriminator_loss,
     gradient_penalty,
     interpolate,
+    load_or_train_classifier,
     non_saturating_generator_loss,
     wasserstein_generator_loss,
 )
-from mlnotes_zoo.metrics.digits_classifier import (
-    class_coverage,
-    classifier_fid,
-    load_or_train_classifier,
-)
-from mlnotes_zoo.models.gan import GAN
 
 OBJECTIVES = ("non_saturating", "wasserstein")
 

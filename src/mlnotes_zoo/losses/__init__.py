@@ -8,14 +8,6 @@ from mlnotes_zoo.losses.flows import (
     flow_nll,
     uniform_dequantize,
 )
-from mlnotes_zoo.losses.gan import (
-    critic_loss,
-    discriminator_loss,
-    gradient_penalty,
-    interpolate,
-    non_saturating_generator_loss,
-    wasserstein_generator_loss,
-)
 from mlnotes_zoo.losses.pondernet import (
     expected_steps,
     halting_distribution,
@@ -41,12 +33,6 @@ __all__ = [
     "flow_log_likelihood",
     "flow_nll",
     "uniform_dequantize",
-    "critic_loss",
-    "discriminator_loss",
-    "gradient_penalty",
-    "interpolate",
-    "non_saturating_generator_loss",
-    "wasserstein_generator_loss",
     "expected_steps",
     "halting_distribution",
     "halting_kl",

@@ -1,12 +1,22 @@
-"""Generative adversarial networks: DCGAN (Radford et al. 2016) and WGAN-GP (Gulrajani et al. 2017).
+"""Generative adversarial networks: DCGAN (Radford et al. 2016) and WGAN-GP (Gulrajani et al.
+2017), with their objectives.
 
-Reads top-down: the up/down conv stages, :class:`Generator`, :class:`Discriminator`, then the
-wrapper :class:`GAN` that the registry builds as ``dcgan`` and ``wgan_gp``. The notes
-(``shared/notes/003`` "Generative Adversarial Networks") describe the game: the generator
-maps simple noise z ~ N(0, I) to data-like images to fool a discriminator that tells real
-from fake; ``shared/notes/004`` "Transposed convolution" the learnable up-sampling the
-generator is built from. The networks return outputs; :mod:`mlnotes_zoo.losses.gan` turns
-them into the non-saturating and Wasserstein losses and the gradient penalty.
+Reads top-down: the up/down conv stages, :class:`Generator`, :class:`Discriminator`, the
+wrapper :class:`GAN` that the registry builds as ``dcgan`` and ``wgan_gp``, then the
+objective. The notes (``shared/notes/003`` "Generative Adversarial Networks") describe the
+game: the generator maps simple noise z ~ N(0, I) to data-like images to fool a
+discriminator that tells real from fake; ``shared/notes/004`` "Transposed convolution" the
+learnable up-sampling the generator is built from. The networks return outputs; the
+functions at the end turn them into the non-saturating and Wasserstein losses and the
+gradient penalty (D is the discriminator, a logit of P(real), or the critic, an unbounded
+score; x real, x̃ = G(z) generated; Goodfellow et al. 2014, §3 and the non-saturating
+heuristic, Arjovsky et al. 2017, Gulrajani et al. 2017, Algorithm 1):
+
+    DCGAN  L_D = −log σ(D(x)) − log(1 − σ(D(x̃)))       L_G = −log σ(D(x̃))
+    WGAN   L_D = D(x̃) − D(x) + λ·(‖∇_x̂ D(x̂)‖₂ − 1)²     L_G = −D(x̃)
+           x̂ = ε·x + (1 − ε)·x̃,  ε ~ U[0, 1] per example
+
+All losses are batch means (scalars); ``gradient_penalty`` returns the mean over examples.
 
 Images are in [0, 1] like the data modules deliver them: the generator ends in a sigmoid
 (= (tanh(2a) + 1) / 2, DCGAN's tanh output rescaled), so real and generated images share
@@ -20,18 +30,20 @@ disc_width=256, num_stages=3`` is that network layer for layer.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal, NamedTuple
+from typing import Annotated, ClassVar, Literal, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mlnotes_zoo.constraints import Field, PositiveInt
 from mlnotes_zoo.models.shared import check_tensor
 from mlnotes_zoo.registry import register_model
 
-__all__ = ["GAN", "GANOutput", "Generator", "Discriminator", "UpBlock", "DownBlock"]
-
-NORMS = ("batch", "layer", "none")
-
+OBJECTIVE = ["discriminator_loss", "non_saturating_generator_loss", "critic_loss",
+             "wasserstein_generator_loss", "interpolate", "gradient_penalty"]
+__all__ = ["GAN", "GANOutput", "Generator", "Discriminator", "UpBlock", "DownBlock", "dcgan",
+           "wgan_gp", *OBJECTIVE]
 
 def _halving_kernel(side: tuple[int, int]) -> dict[str, tuple[int, int]]:
     """Kernel and padding of a stride-2 (transposed) conv between ``side`` and ``side // 2``."""
@@ -179,11 +191,11 @@ class GAN(nn.Module):
     def __init__(
         self,
         *,
-        in_shape: tuple[int, int, int] = (1, 8, 8),
-        latent_dim: int = 64,
-        gen_width: int = 64,
-        disc_width: int = 64,
-        num_stages: int = 2,
+        in_shape: tuple[PositiveInt, PositiveInt, PositiveInt] = (1, 8, 8),
+        latent_dim: PositiveInt = 64,
+        gen_width: PositiveInt = 64,
+        disc_width: PositiveInt = 64,
+        num_stages: PositiveInt = 2,
         gen_norm: Literal["batch", "layer", "none"] = "batch",
         disc_norm: Literal["batch", "layer", "none"] = "batch",
         generator: nn.Module | None = None,
@@ -191,14 +203,9 @@ class GAN(nn.Module):
     ) -> None:
         super().__init__()
         in_shape = tuple(in_shape)
-        if len(in_shape) != 3:
-            raise ValueError(f"in_shape must be (C, H, W), got {in_shape}")
-        if num_stages < 1 or min(in_shape[1:]) < 2**num_stages:
+        if min(in_shape[1:]) < 2**num_stages:
             raise ValueError(f"num_stages={num_stages} needs H and W >= 2**num_stages "
                              f"(each stage halves them), got in_shape={in_shape}")
-        for name, norm in (("gen_norm", gen_norm), ("disc_norm", disc_norm)):
-            if norm not in NORMS:
-                raise ValueError(f"{name} must be one of {NORMS}, got {norm!r}")
         self.in_shape = in_shape
         self.latent_dim = latent_dim
         self.generator = generator if generator is not None else Generator(
@@ -231,11 +238,11 @@ class GAN(nn.Module):
 @register_model("dcgan")
 def dcgan(
     *,
-    in_shape: tuple[int, int, int] = (1, 8, 8),
-    latent_dim: int = 64,
-    gen_width: int = 64,
-    disc_width: int = 64,
-    num_stages: int = 2,
+    in_shape: tuple[PositiveInt, PositiveInt, PositiveInt] = (1, 8, 8),
+    latent_dim: PositiveInt = 64,
+    gen_width: PositiveInt = 64,
+    disc_width: PositiveInt = 64,
+    num_stages: PositiveInt = 2,
     gen_norm: Literal["batch", "layer", "none"] = "batch",
     disc_norm: Literal["batch", "layer", "none"] = "batch",
 ) -> GAN:
@@ -248,18 +255,65 @@ def dcgan(
 @register_model("wgan_gp")
 def wgan_gp(
     *,
-    in_shape: tuple[int, int, int] = (1, 8, 8),
-    latent_dim: int = 64,
-    gen_width: int = 64,
-    disc_width: int = 64,
-    num_stages: int = 2,
+    in_shape: tuple[PositiveInt, PositiveInt, PositiveInt] = (1, 8, 8),
+    latent_dim: PositiveInt = 64,
+    gen_width: PositiveInt = 64,
+    disc_width: PositiveInt = 64,
+    num_stages: PositiveInt = 2,
     gen_norm: Literal["batch", "layer", "none"] = "batch",
-    disc_norm: Literal["batch", "layer", "none"] = "layer",
+    disc_norm: Annotated[Literal["layer", "none"], Field(description=(
+        "not 'batch': BatchNorm mixes the examples of a batch, so the per-example gradient "
+        "penalty would be wrong"))] = "layer",
 ) -> GAN:
     """WGAN-GP: the same generator; a critic with per-example (layer) norm, no sigmoid."""
-    if disc_norm == "batch":
-        raise ValueError("wgan_gp: disc_norm='batch' mixes the examples of a batch, so the "
-                         "per-example gradient penalty is wrong; use 'layer' or 'none'")
     return GAN(in_shape=in_shape, latent_dim=latent_dim, gen_width=gen_width,
                disc_width=disc_width, num_stages=num_stages, gen_norm=gen_norm,
                disc_norm=disc_norm)
+
+
+# -- the objective: non-saturating and Wasserstein losses, gradient penalty ----------
+def discriminator_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """Binary cross-entropy of D: real labelled 1, generated labelled 0."""
+    # −log σ(D(x)) − log(1 − σ(D(x̃)));  log(1 − σ(a)) = log σ(−a)
+    real = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+    fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+    return real + fake
+
+
+def non_saturating_generator_loss(fake_logits: Tensor) -> Tensor:
+    """L_G = −log σ(D(G(z))): strong gradients early on, when D rejects the fakes easily.
+
+    The minimax form log(1 − σ(D(G(z)))) saturates exactly then (Goodfellow et al. 2014, §3).
+    """
+    return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+
+
+def critic_loss(real_scores: Tensor, fake_scores: Tensor) -> Tensor:
+    """L_D = E[D(x̃)] − E[D(x)]: minus the critic's estimate of the Wasserstein-1 distance."""
+    return fake_scores.mean() - real_scores.mean()
+
+
+def wasserstein_generator_loss(fake_scores: Tensor) -> Tensor:
+    """L_G = −E[D(G(z))]."""
+    return -fake_scores.mean()
+
+
+def interpolate(real: Tensor, fake: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+    """x̂ = ε·x + (1 − ε)·x̃ with one ε ~ U[0, 1] per example: points between the two sets."""
+    eps = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device,
+                     dtype=real.dtype, generator=generator)
+    return eps * real + (1 - eps) * fake
+
+
+def gradient_penalty(critic: nn.Module, interpolates: Tensor) -> Tensor:
+    """E[(‖∇_x̂ D(x̂)‖₂ − 1)²] over the examples x̂ (Gulrajani et al. 2017, eq. 3).
+
+    The gradient is taken with ``create_graph=True`` so that the penalty itself is
+    differentiable in the critic's parameters. Multiply by λ (10 in the paper) outside.
+    """
+    interpolates = interpolates.detach().requires_grad_(True)
+    scores = critic(interpolates)  # (B,)
+    # Σ_i D(x̂_i) has ∂/∂x̂_i = ∇D(x̂_i) when the critic treats examples independently
+    (grads,) = torch.autograd.grad(scores.sum(), interpolates, create_graph=True)
+    norms = grads.flatten(1).norm(2, dim=1)  # ‖∇_x̂ D(x̂)‖₂ per example, (B,)
+    return (norms - 1).pow(2).mean()

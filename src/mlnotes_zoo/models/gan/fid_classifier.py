@@ -21,11 +21,14 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics.image.fid import FrechetInceptionDistance
+
+if TYPE_CHECKING:
+    from torchmetrics.image.fid import FrechetInceptionDistance
 
 __all__ = [
     "DigitsClassifier",
@@ -36,7 +39,6 @@ __all__ = [
     "classifier_fid",
     "class_coverage",
 ]
-
 
 class DigitsClassifier(nn.Module):
     """Three 3×3 conv layers (two of stride 2), a small pooled map, a feature layer, logits.
@@ -171,6 +173,8 @@ def load_or_train_classifier(
 
 def classifier_fid(classifier: DigitsClassifier, **kwargs) -> FrechetInceptionDistance:
     """torchmetrics' FID in the classifier's feature space; images float in [0, 1]."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
     return FrechetInceptionDistance(feature=ClassifierFeatures(classifier), normalize=True,
                                     **kwargs)
 
