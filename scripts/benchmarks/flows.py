@@ -24,8 +24,13 @@ import torch
 
 from mlnotes_zoo import create_model
 from mlnotes_zoo.data.digits import DigitsDataModule
-from mlnotes_zoo.losses.flows import bits_per_dim, flow_nll, uniform_dequantize
-from mlnotes_zoo.metrics.flows import fit_gaussian, gaussian_bits_per_dim
+from mlnotes_zoo.models.flows import (
+    bits_per_dim,
+    fit_gaussian,
+    flow_nll,
+    gaussian_bits_per_dim,
+    uniform_dequantize,
+)
 
 LEVELS, SHAPE, DIMS = 17, (1, 8, 8), 64
 BATCH = 128

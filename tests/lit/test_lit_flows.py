@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mlnotes_zoo.lit.flows import LitFlow
-from mlnotes_zoo.losses.flows import bits_per_dim, standard_normal_log_prob
+from mlnotes_zoo.models.flows import bits_per_dim, standard_normal_log_prob
 from mlnotes_zoo.train import main
 
 

@@ -10,9 +10,13 @@ from torch import Tensor, nn
 from torchvision.utils import make_grid
 
 from mlnotes_zoo.lit.base import OptimizerFactory, SchedulerFactory, ZooModule
-from mlnotes_zoo.losses.flows import flow_nll, uniform_dequantize
-from mlnotes_zoo.metrics.flows import fit_gaussian, gaussian_bits_per_dim
-from mlnotes_zoo.models.flows import MultiScaleFlow
+from mlnotes_zoo.models.flows import (
+    MultiScaleFlow,
+    fit_gaussian,
+    flow_nll,
+    gaussian_bits_per_dim,
+    uniform_dequantize,
+)
 
 
 class LitFlow(ZooModule):

@@ -2,12 +2,6 @@
 
 from mlnotes_zoo.losses.contrastive import gather_with_grad, nt_xent, supcon
 from mlnotes_zoo.losses.ctc import ctc_loss
-from mlnotes_zoo.losses.flows import (
-    bits_per_dim,
-    flow_log_likelihood,
-    flow_nll,
-    uniform_dequantize,
-)
 from mlnotes_zoo.losses.pondernet import (
     expected_steps,
     halting_distribution,
@@ -29,10 +23,6 @@ __all__ = [
     "gather_with_grad",
     "nt_xent",
     "supcon",
-    "bits_per_dim",
-    "flow_log_likelihood",
-    "flow_nll",
-    "uniform_dequantize",
     "expected_steps",
     "halting_distribution",
     "halting_kl",

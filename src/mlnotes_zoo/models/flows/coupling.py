@@ -1,4 +1,4 @@
-"""Invertible building blocks shared by the flow models: squeeze and affine coupling.
+"""Invertible building blocks of the flow models: squeeze and affine coupling.
 
 Every block maps ``x -> (y, log_det)`` with ``log_det = log |det ∂y/∂x|`` per example, shape
 ``(B,)``, and has ``inverse(y) -> x``. RealNVP (Dinh et al. 2017) and Glow (Kingma &
