@@ -24,8 +24,7 @@ from torch import nn
 
 from mlnotes_zoo import create_model
 from mlnotes_zoo.data.digits import DigitsDataModule
-from mlnotes_zoo.losses.vqvae import commitment_loss, reconstruction_error
-from mlnotes_zoo.metrics.codebook import codebook_perplexity
+from mlnotes_zoo.models.vqvae import codebook_perplexity, commitment_loss, reconstruction_error
 
 K, D, DECAY, BETA, BATCH = 64, 16, 0.99, 0.25, 128
 

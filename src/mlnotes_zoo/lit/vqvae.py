@@ -9,14 +9,15 @@ import torch
 from torch import Tensor, nn
 
 from mlnotes_zoo.lit.base import OptimizerFactory, SchedulerFactory, ZooModule, paired_rows_grid
-from mlnotes_zoo.losses.vqvae import (
+from mlnotes_zoo.models.vqvae import (
+    VQVAE,
+    CodebookUsage,
     codebook_loss,
+    codebook_perplexity,
     commitment_loss,
     reconstruction_error,
     vqvae_loss,
 )
-from mlnotes_zoo.metrics.codebook import CodebookUsage, codebook_perplexity
-from mlnotes_zoo.models.vqvae import VQVAE
 
 
 class LitVQVAE(ZooModule):

@@ -11,12 +11,6 @@ from mlnotes_zoo.losses.pondernet import (
     truncated_geometric,
 )
 from mlnotes_zoo.losses.sequence import bits_per_char, sequence_exact_match, token_cross_entropy
-from mlnotes_zoo.losses.vqvae import (
-    codebook_loss,
-    commitment_loss,
-    reconstruction_error,
-    vqvae_loss,
-)
 
 __all__ = [
     "ctc_loss",
@@ -32,8 +26,4 @@ __all__ = [
     "bits_per_char",
     "sequence_exact_match",
     "token_cross_entropy",
-    "codebook_loss",
-    "commitment_loss",
-    "reconstruction_error",
-    "vqvae_loss",
 ]

@@ -1,16 +1,37 @@
 """Vector-quantised VAE (van den Oord, Vinyals & Kavukcuoglu 2017, "Neural Discrete
-Representation Learning").
+Representation Learning"), its objective and its codebook-usage metric.
 
-Reads top-down: residual block, encoder, codebook (:class:`VectorQuantizer`), decoder, then
-:class:`VQVAE`. The encoder maps x to a grid of vectors z_e(x); each vector is replaced by its
-nearest codebook entry e_k, k = argmin_j ‖z_e − e_j‖²; the decoder reconstructs x from the
-quantised grid z_q. argmin has no gradient, so the straight-through estimator copies the
-decoder's gradient at z_q onto z_e (``z_e + sg[z_q − z_e]``). The codebook learns either from
-the codebook loss ‖sg[z_e] − e‖² (:mod:`mlnotes_zoo.losses.vqvae`) or, with ``ema=True``,
-as exponential moving averages of the encoder outputs assigned to each code (paper, App. A.1).
-Codes that go unused can be re-seeded on encoder outputs (dead-code restarts, as in
-Dhariwal et al. 2020, "Jukebox"). The notes (``shared/notes/003``, "VQ VAE") remark that the
-output is squashed by a sigmoid so that it stays in the pixel range: ``output="sigmoid"``.
+Reads top-down: residual block, encoder, codebook (:class:`VectorQuantizer`), decoder,
+:class:`VQVAE`, then the objective and the metric. The encoder maps x to a grid of vectors
+z_e(x); each vector is replaced by its nearest codebook entry e_k, k = argmin_j ‖z_e − e_j‖²;
+the decoder reconstructs x from the quantised grid z_q. argmin has no gradient, so the
+straight-through estimator copies the decoder's gradient at z_q onto z_e
+(``z_e + sg[z_q − z_e]``). The codebook learns either from the codebook loss
+‖sg[z_e] − e‖² (:func:`codebook_loss`) or, with ``ema=True``, as exponential moving averages
+of the encoder outputs assigned to each code (paper, App. A.1). Codes that go unused can be
+re-seeded on encoder outputs (dead-code restarts, as in Dhariwal et al. 2020, "Jukebox").
+The notes (``shared/notes/003``, "VQ VAE") remark that the output is squashed by a sigmoid so
+that it stays in the pixel range: ``output="sigmoid"``.
+
+The objective (paper, eq. 3):
+
+    L = ‖x − x̂(z_q)‖²  +  ‖sg[z_e(x)] − e‖²  +  β ‖z_e(x) − sg[e]‖²
+        reconstruction    codebook loss         commitment loss
+
+sg[·] is stop-gradient (``detach``). The codebook loss moves only the codes e towards the
+encoder outputs; the commitment loss moves only the encoder towards its codes, so that z_e
+does not grow faster than the codebook can follow (β = 0.25 in the paper). With EMA codebook
+updates the codebook loss is left out (the codes are cluster means, not parameters). Its
+functions return one value per example (shape ``(B,)``): means over that example's pixels or
+latent elements, so the terms keep their scale across image and latent sizes.
+
+Codebook usage over a whole split:
+
+    p_k = n_k / Σ_j n_j,   perplexity = exp(H(p)) = exp(−Σ_k p_k log p_k)
+
+Perplexity runs from 1 (every vector on one code) to K (all K codes equally used): the
+effective number of codes. It is computed from the counts of the whole split, not averaged
+over batches (a batch mean would understate it: a small batch cannot use many codes).
 """
 
 from __future__ import annotations
@@ -21,15 +42,15 @@ from typing import ClassVar, Literal, NamedTuple
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torchmetrics import Metric
 
+from mlnotes_zoo.constraints import NonNegativeInt, PositiveFloat, PositiveInt, UnitInterval
 from mlnotes_zoo.models.shared import check_tensor
 from mlnotes_zoo.registry import register_model
 
+OBJECTIVE = ["reconstruction_error", "codebook_loss", "commitment_loss", "vqvae_loss"]
 __all__ = ["VQVAE", "VQVAEOutput", "Quantized", "VectorQuantizer", "ResidualBlock",
-           "VQEncoder", "VQDecoder"]
-
-OUTPUTS = ("sigmoid", "linear")
-
+           "VQEncoder", "VQDecoder", *OBJECTIVE, "codebook_perplexity", "CodebookUsage"]
 
 class ResidualBlock(nn.Module):
     """x + Conv1×1(ReLU(Conv3×3(ReLU(x)))), the paper's residual unit; shape-preserving."""
@@ -114,16 +135,10 @@ class VectorQuantizer(nn.Module):
     the same codebook.
     """
 
-    def __init__(self, *, num_codes: int, embedding_dim: int, ema: bool = False,
-                 decay: float = 0.99, eps: float = 1e-5, restart_after: int = 0) -> None:
+    def __init__(self, *, num_codes: PositiveInt, embedding_dim: PositiveInt, ema: bool = False,
+                 decay: UnitInterval = 0.99, eps: PositiveFloat = 1e-5,
+                 restart_after: NonNegativeInt = 0) -> None:
         super().__init__()
-        if num_codes < 1 or embedding_dim < 1:
-            raise ValueError(f"num_codes and embedding_dim must be >= 1, got "
-                             f"{num_codes}, {embedding_dim}")
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"decay must be in [0, 1), got {decay}")
-        if restart_after < 0:
-            raise ValueError(f"restart_after must be >= 0 (0 = off), got {restart_after}")
         self.num_codes, self.embedding_dim = num_codes, embedding_dim
         self.ema, self.decay, self.eps = ema, decay, eps
         self.restart_after = restart_after
@@ -248,27 +263,23 @@ class VQVAE(nn.Module):
     def __init__(
         self,
         *,
-        in_shape: tuple[int, int, int] = (1, 8, 8),
-        hidden: int = 64,
-        residual_hidden: int = 32,
-        num_residual_blocks: int = 2,
-        num_downsamples: int = 1,
-        num_codes: int = 64,
-        embedding_dim: int = 16,
+        in_shape: tuple[PositiveInt, PositiveInt, PositiveInt] = (1, 8, 8),
+        hidden: PositiveInt = 64,
+        residual_hidden: PositiveInt = 32,
+        num_residual_blocks: NonNegativeInt = 2,
+        num_downsamples: NonNegativeInt = 1,
+        num_codes: PositiveInt = 64,
+        embedding_dim: PositiveInt = 16,
         ema: bool = False,
-        decay: float = 0.99,
-        eps: float = 1e-5,
-        restart_after: int = 0,
+        decay: UnitInterval = 0.99,
+        eps: PositiveFloat = 1e-5,
+        restart_after: NonNegativeInt = 0,
         output: Literal["sigmoid", "linear"] = "sigmoid",
         encoder: nn.Module | None = None,
         decoder: nn.Module | None = None,
     ) -> None:
         super().__init__()
         in_shape = tuple(in_shape)
-        if len(in_shape) != 3:
-            raise ValueError(f"in_shape must be (C, H, W), got {in_shape}")
-        if output not in OUTPUTS:
-            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
         factor = 2**num_downsamples
         if in_shape[1] % factor or in_shape[2] % factor:
             raise ValueError(f"num_downsamples={num_downsamples} needs H and W divisible by "
@@ -323,3 +334,57 @@ class VQVAE(nn.Module):
 
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+# -- the objective: reconstruction, codebook and commitment terms -------------------------
+def _per_example_mean(t: Tensor) -> Tensor:
+    return t.flatten(1).mean(1)
+
+
+def reconstruction_error(x_hat: Tensor, x: Tensor) -> Tensor:
+    """Mean squared error per example, (1/|x|) ‖x − x̂‖² (a fixed-variance Gaussian's −log p)."""
+    return _per_example_mean((x_hat - x).pow(2))
+
+
+def codebook_loss(z_e: Tensor, z_q: Tensor) -> Tensor:
+    """‖sg[z_e] − e‖² per example: gradient only to the codes ``z_q``."""
+    return _per_example_mean((z_e.detach() - z_q).pow(2))
+
+
+def commitment_loss(z_e: Tensor, z_q: Tensor) -> Tensor:
+    """‖z_e − sg[e]‖² per example: gradient only to the encoder output ``z_e``."""
+    return _per_example_mean((z_e - z_q.detach()).pow(2))
+
+
+def vqvae_loss(recon: Tensor, codebook: Tensor, commitment: Tensor, beta: float = 0.25) -> Tensor:
+    """L = reconstruction + codebook + β·commitment (pass a zero ``codebook`` under EMA)."""
+    return recon + codebook + beta * commitment
+
+
+# -- codebook usage: perplexity and codes used over a split ------------------------------
+def codebook_perplexity(counts: Tensor) -> Tensor:
+    """exp(H(p)) of the code histogram ``counts`` (K,); 0·log 0 = 0."""
+    p = counts.float() / counts.sum().clamp_min(1)
+    entropy = -torch.special.xlogy(p, p).sum()
+    return entropy.exp()
+
+
+class CodebookUsage(Metric):
+    """Accumulates the code histogram over batches (summed across ranks); ``compute()``
+    returns ``{"perplexity": exp(H), "codes_used": #codes with n_k > 0}``."""
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self, num_codes: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.num_codes = num_codes
+        self.add_state("counts", default=torch.zeros(num_codes), dist_reduce_fx="sum")
+
+    def update(self, indices: Tensor) -> None:
+        self.counts += torch.bincount(indices.flatten(), minlength=self.num_codes).to(
+            self.counts.dtype)
+
+    def compute(self) -> dict[str, Tensor]:
+        return {"perplexity": codebook_perplexity(self.counts),
+                "codes_used": (self.counts > 0).sum().float()}
