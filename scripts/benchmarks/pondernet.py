@@ -3,7 +3,7 @@
 Both networks are the paper's parity model at equal size (labml's experiment defaults:
 64-element vectors, GRU state 64, N = 20 steps, batch 128) with the same parameter count.
 A training step is forward over all N steps, the loss (reconstruction + β·KL), backward and
-an Adam step: ours with :func:`~mlnotes_zoo.losses.pondernet.ponder_loss`, labml's with its
+an Adam step: ours with :func:`~mlnotes_zoo.models.pondernet.ponder_loss`, labml's with its
 ``ReconstructionLoss`` + ``RegularizationLoss``. (labml's regulariser is
 ``KLDivLoss(p.log(), p_G)``, i.e. KL(p_G ‖ p) with an untruncated-unnormalised p_G, and its
 forward also samples halting in training; ours is the paper's KL(p ‖ p_G) over the truncated,
@@ -24,7 +24,7 @@ from torch import nn
 
 from mlnotes_zoo import create_model
 from mlnotes_zoo.data.parity import make_parity
-from mlnotes_zoo.losses.pondernet import ponder_loss
+from mlnotes_zoo.models.pondernet import ponder_loss
 
 
 def _median_time(fn, repeats: int, inner: int) -> list[float]:
@@ -94,7 +94,7 @@ def bench_pondernet(n_elems: int = 64, hidden: int = 64, max_steps: int = 20,
 
     # The halting probabilities of the two agree at equal weights (λ_N = 1 in both).
     with torch.no_grad():
-        from mlnotes_zoo.losses.pondernet import halting_distribution
+        from mlnotes_zoo.models.pondernet import halting_distribution
 
         theirs.is_halt = False
         p_theirs = theirs(x)[0]

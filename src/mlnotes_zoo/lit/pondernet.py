@@ -20,8 +20,7 @@ from torchmetrics import MeanMetric, SpearmanCorrCoef
 from torchvision.transforms.functional import pil_to_tensor
 
 from mlnotes_zoo.lit.base import OptimizerFactory, SchedulerFactory, ZooModule
-from mlnotes_zoo.losses.pondernet import expected_steps, ponder_loss
-from mlnotes_zoo.models.pondernet import HALTING_RULES, PonderNet
+from mlnotes_zoo.models.pondernet import HALTING_RULES, PonderNet, expected_steps, ponder_loss
 
 
 class LitPonderNet(ZooModule):

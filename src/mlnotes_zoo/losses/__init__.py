@@ -2,14 +2,6 @@
 
 from mlnotes_zoo.losses.contrastive import gather_with_grad, nt_xent, supcon
 from mlnotes_zoo.losses.ctc import ctc_loss
-from mlnotes_zoo.losses.pondernet import (
-    expected_steps,
-    halting_distribution,
-    halting_kl,
-    ponder_loss,
-    reconstruction_loss,
-    truncated_geometric,
-)
 from mlnotes_zoo.losses.sequence import bits_per_char, sequence_exact_match, token_cross_entropy
 
 __all__ = [
@@ -17,12 +9,6 @@ __all__ = [
     "gather_with_grad",
     "nt_xent",
     "supcon",
-    "expected_steps",
-    "halting_distribution",
-    "halting_kl",
-    "ponder_loss",
-    "reconstruction_loss",
-    "truncated_geometric",
     "bits_per_char",
     "sequence_exact_match",
     "token_cross_entropy",
