@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from mlnotes_zoo.losses.contrastive import nt_xent
+from mlnotes_zoo.models.simclr import nt_xent
 
 
 def _time(fn, z1: torch.Tensor, z2: torch.Tensor, repeats: int, inner: int) -> float:

@@ -29,10 +29,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from torchvision.utils import make_grid
 
-from mlnotes_zoo.data.augment import ContrastiveAugment
 from mlnotes_zoo.lit.base import OptimizerFactory, SchedulerFactory, ZooModule
-from mlnotes_zoo.losses.contrastive import nt_xent, supcon
-from mlnotes_zoo.models.simclr import SimCLR
+from mlnotes_zoo.models.simclr import ContrastiveAugment, SimCLR, nt_xent, supcon
 
 LOSSES = ("nt_xent", "supcon")
 

@@ -1,14 +1,10 @@
 """Objectives, each a named function tested on its own."""
 
-from mlnotes_zoo.losses.contrastive import gather_with_grad, nt_xent, supcon
 from mlnotes_zoo.losses.ctc import ctc_loss
 from mlnotes_zoo.losses.sequence import bits_per_char, sequence_exact_match, token_cross_entropy
 
 __all__ = [
     "ctc_loss",
-    "gather_with_grad",
-    "nt_xent",
-    "supcon",
     "bits_per_char",
     "sequence_exact_match",
     "token_cross_entropy",
