@@ -17,8 +17,13 @@ from torch import Tensor, nn
 from torchmetrics import SumMetric
 
 from mlnotes_zoo.lit.base import OptimizerFactory, SchedulerFactory, ZooModule
-from mlnotes_zoo.losses.sequence import bits_per_char, sequence_exact_match, token_cross_entropy
-from mlnotes_zoo.models.transformer import GPT, Seq2SeqTransformer
+from mlnotes_zoo.models.transformer import (
+    GPT,
+    Seq2SeqTransformer,
+    bits_per_char,
+    sequence_exact_match,
+    token_cross_entropy,
+)
 
 __all__ = ["LitSeq2Seq", "LitGPT"]
 

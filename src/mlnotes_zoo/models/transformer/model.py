@@ -1,12 +1,15 @@
-"""The Transformer (Vaswani et al. 2017): encoder-decoder and decoder-only (GPT).
+"""The Transformer (Vaswani et al. 2017): encoder-decoder and decoder-only (GPT), and the
+sequence objective.
 
 Reads top-down: position-wise MLP → block (self-attention, optional cross-attention, MLP;
 pre- or post-norm) → token embedding with positions → :class:`Seq2SeqTransformer` and
-:class:`GPT`, both generating with a key/value cache. ``shared/notes/003`` "Transformers"
-lists the parts: input and positional embedding, multi-head attention softmax(QKᵀ/√d)·V,
-residual connections, layer normalisation, and the decoder's encoder-decoder attention.
+:class:`GPT`, both generating with a key/value cache, then the objective (token
+cross-entropy with padding ignored, bits per character, exact match). Attention itself is
+in :mod:`.attention`. ``shared/notes/003`` "Transformers" lists the parts: input and
+positional embedding, multi-head attention softmax(QKᵀ/√d)·V, residual connections, layer
+normalisation, and the decoder's encoder-decoder attention.
 
-The networks return logits; :mod:`mlnotes_zoo.losses.sequence` turns them into a loss.
+The networks return logits; the objective turns them into a loss.
 """
 
 from __future__ import annotations
@@ -18,14 +21,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mlnotes_zoo.layers.attention import KVCache, MultiHeadAttention, sinusoidal_encoding
+from mlnotes_zoo.constraints import NonNegativeInt, PositiveInt, UnitInterval
 from mlnotes_zoo.models.shared import check_tensor
+from mlnotes_zoo.models.transformer.attention import (
+    KVCache,
+    MultiHeadAttention,
+    sinusoidal_encoding,
+)
 from mlnotes_zoo.registry import register_model
 
+OBJECTIVE = ["token_cross_entropy", "bits_per_char", "sequence_exact_match"]
 __all__ = ["MLP", "TransformerBlock", "TokenEmbedding", "Seq2SeqTransformer", "GPT",
-           "sample_next_token"]
+           "sample_next_token", *OBJECTIVE]
 
-POSITIONALS = ("sinusoidal", "learned", "rotary")
 Positional = Literal["sinusoidal", "learned", "rotary"]
 
 
@@ -110,8 +118,6 @@ class TokenEmbedding(nn.Module):
     def __init__(self, *, vocab_size: int, dim: int, max_len: int, positional: Positional,
                  dropout: float = 0.0) -> None:
         super().__init__()
-        if positional not in POSITIONALS:
-            raise ValueError(f"positional must be one of {POSITIONALS}, got {positional!r}")
         self.positional, self.max_len = positional, max_len
         self.tokens = nn.Embedding(vocab_size, dim)
         self.scale = math.sqrt(dim) if positional == "sinusoidal" else 1.0
@@ -184,19 +190,19 @@ class Seq2SeqTransformer(nn.Module):
     def __init__(
         self,
         *,
-        vocab_size: int = 44,
-        dim: int = 128,
-        num_heads: int = 4,
-        encoder_layers: int = 3,
-        decoder_layers: int = 3,
-        mlp_ratio: int = 4,
-        dropout: float = 0.1,
-        max_len: int = 64,
+        vocab_size: PositiveInt = 44,
+        dim: PositiveInt = 128,
+        num_heads: PositiveInt = 4,
+        encoder_layers: PositiveInt = 3,
+        decoder_layers: PositiveInt = 3,
+        mlp_ratio: PositiveInt = 4,
+        dropout: UnitInterval = 0.1,
+        max_len: PositiveInt = 64,
         positional: Positional = "sinusoidal",
         norm_first: bool = True,
-        pad_id: int = 0,
-        bos_id: int = 1,
-        eos_id: int = 2,
+        pad_id: NonNegativeInt = 0,
+        bos_id: NonNegativeInt = 1,
+        eos_id: NonNegativeInt = 2,
     ) -> None:
         super().__init__()
         self.vocab_size, self.max_len = vocab_size, max_len
@@ -303,13 +309,13 @@ class GPT(nn.Module):
     def __init__(
         self,
         *,
-        vocab_size: int = 256,
-        dim: int = 128,
-        num_heads: int = 4,
-        num_layers: int = 4,
-        mlp_ratio: int = 4,
-        dropout: float = 0.1,
-        max_len: int = 128,
+        vocab_size: PositiveInt = 256,
+        dim: PositiveInt = 128,
+        num_heads: PositiveInt = 4,
+        num_layers: PositiveInt = 4,
+        mlp_ratio: PositiveInt = 4,
+        dropout: UnitInterval = 0.1,
+        max_len: PositiveInt = 128,
         positional: Positional = "learned",
         norm_first: bool = True,
     ) -> None:
@@ -362,3 +368,35 @@ class GPT(nn.Module):
         """Random tokens (B, 16)."""
         g = torch.Generator().manual_seed(0)
         return torch.randint(0, self.vocab_size, (batch_size, min(16, self.max_len)), generator=g)
+
+
+# -- the objective: token cross-entropy, bits per character, exact match ---------------
+def token_cross_entropy(logits: Tensor, targets: Tensor, *, ignore_index: int | None = None,
+                        reduction: str = "mean") -> Tensor:
+    """−log p(y_t | ·) per token, in nats: logits (B, T, V), targets (B, T).
+
+    Tokens equal to ``ignore_index`` (padding) count for nothing, neither in the sum nor in
+    the number of tokens the mean divides by. ``reduction``: ``mean`` | ``sum`` | ``none``
+    (``none`` gives (B, T) with zeros at ignored tokens).
+    """
+    return F.cross_entropy(
+        logits.flatten(0, -2).float(), targets.flatten(),
+        ignore_index=-100 if ignore_index is None else ignore_index, reduction=reduction,
+    ).reshape(targets.shape if reduction == "none" else ())
+
+
+def bits_per_char(nll_nats_sum: Tensor, num_chars: Tensor | int) -> Tensor:
+    """Total negative log-likelihood (nats) of a text over its characters, in bits:
+    bpc = Σ −log₂ p = (Σ −ln p) / (ln 2 · number of characters)."""
+    return nll_nats_sum / (math.log(2) * torch.as_tensor(num_chars, dtype=torch.float32))
+
+
+def sequence_exact_match(predicted: Tensor, target: Tensor, *, pad_id: int) -> Tensor:
+    """1.0 per sequence when ``predicted`` equals ``target`` up to padding, else 0.0: (B,).
+
+    Both (B, ·) and right-padded with ``pad_id``; the shorter one is padded to compare.
+    """
+    length = max(predicted.shape[1], target.shape[1])
+    predicted = F.pad(predicted, (0, length - predicted.shape[1]), value=pad_id)
+    target = F.pad(target, (0, length - target.shape[1]), value=pad_id)
+    return (predicted == target).all(dim=1).float()
