@@ -16,7 +16,7 @@ import torchaudio
 from torch import nn
 
 from mlnotes_zoo import create_model
-from mlnotes_zoo.losses.ctc import ctc_loss
+from mlnotes_zoo.models.ctc import ctc_loss
 
 BATCH, SECONDS, RATE, STEPS = 16, 2.0, 16000, 5
 

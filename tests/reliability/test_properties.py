@@ -1,5 +1,5 @@
 """Property-based tests (hypothesis) over batch sizes and sequence lengths: every registered
-model and every loss in ``mlnotes_zoo.losses``.
+model and every objective function of the families (``mlnotes_zoo.models.OBJECTIVES``).
 
 Models, in eval mode: outputs have the batch and sequence sizes of the input, are finite,
 and one example's outputs do not depend on the rest of the batch (no padding or batch-stat
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,8 +19,11 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import mlnotes_zoo.losses as losses
 from mlnotes_zoo import create_model, list_models
+from mlnotes_zoo.models import OBJECTIVES
+
+# every family's objective functions (models/<family>.py lists them in OBJECTIVE)
+losses = SimpleNamespace(**OBJECTIVES, __all__=list(OBJECTIVES))
 
 FEW = settings(max_examples=10, deadline=None, database=None)
 SOME = settings(max_examples=15, deadline=None, database=None)

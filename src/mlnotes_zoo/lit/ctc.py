@@ -11,9 +11,13 @@ from torch import Tensor, nn
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
 from mlnotes_zoo.lit.base import OptimizerFactory, SchedulerFactory, ZooModule
-from mlnotes_zoo.losses.ctc import ctc_loss
-from mlnotes_zoo.models.ctc import CTCSpeechModel
-from mlnotes_zoo.models.ctc_decoding import greedy_decode, ids_to_text, prefix_beam_search
+from mlnotes_zoo.models.ctc import (
+    CTCSpeechModel,
+    ctc_loss,
+    greedy_decode,
+    ids_to_text,
+    prefix_beam_search,
+)
 
 
 class LitCTC(ZooModule):

@@ -43,11 +43,10 @@ from mlnotes_zoo.models.flows.coupling import AffineCoupling, Squeeze
 from mlnotes_zoo.models.shared import check_tensor
 from mlnotes_zoo.registry import register_model
 
-OBJECTIVE = ["standard_normal_log_prob", "flow_log_likelihood", "quantize", "uniform_dequantize",
-             "discrete_log_likelihood", "bits_per_dim", "flow_nll"]
+OBJECTIVE = ["flow_log_likelihood", "uniform_dequantize", "bits_per_dim", "flow_nll"]
 __all__ = ["FlowOutput", "Preprocess", "ActNorm", "InvertibleConv1x1", "GlowStep",
-           "MultiScaleFlow", "RealNVP", "Glow", *OBJECTIVE, "fit_gaussian",
-           "gaussian_bits_per_dim"]
+           "MultiScaleFlow", "RealNVP", "Glow", *OBJECTIVE, "standard_normal_log_prob",
+           "quantize", "discrete_log_likelihood", "fit_gaussian", "gaussian_bits_per_dim"]
 
 # α of the logit preprocessing x = logit(α + (1 − 2α)·y)
 LogitAlpha = Annotated[float, Field(gt=0, lt=0.5, description="α of the logit preprocessing")]

@@ -12,9 +12,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from mlnotes_zoo.losses.ctc import BLANK
+__all__ = ["BLANK", "collapse", "greedy_decode", "prefix_beam_search", "ids_to_text",
+           "text_to_ids"]
 
-__all__ = ["collapse", "greedy_decode", "prefix_beam_search", "ids_to_text", "text_to_ids"]
+BLANK = 0  # index of the blank token in every CTC output of the zoo
 
 _NEG_INF = float("-inf")
 

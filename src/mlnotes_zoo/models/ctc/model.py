@@ -1,7 +1,9 @@
-"""CTC speech recognisers: log-mel front end, conv subsampling, BiGRU or Conformer encoder.
+"""CTC speech recognisers: log-mel front end, conv subsampling, BiGRU or Conformer encoder,
+and the CTC objective (Graves et al. 2006).
 
 Reads top-down: the front end (log-mel features, per-utterance normalisation, SpecAugment),
-the 4× convolutional subsampling, the encoder blocks, then the two registered networks:
+the 4× convolutional subsampling, the encoder blocks, the two registered networks, then the
+objective:
 
 - ``ctc``: :class:`DeepSpeechCTC`, conv subsampling + bidirectional GRU layers, as in
   DeepSpeech2 (Amodei et al. 2016);
@@ -9,9 +11,16 @@ the 4× convolutional subsampling, the encoder blocks, then the two registered n
   ``torchaudio.models.Conformer`` (Gulati et al. 2020).
 
 Both return per-frame log-posteriors over blank + the vocabulary and the number of valid
-output frames of each utterance; :mod:`mlnotes_zoo.losses.ctc` turns them into the CTC loss
-and :mod:`mlnotes_zoo.models.ctc_decoding` into text. The notes (``shared/notes/003`` "CTC
-Loss") explain the setting: many output frames per label, no frame-level alignment.
+output frames of each utterance; :func:`ctc_loss` turns them into the CTC loss and
+:mod:`.decoding` into text. The notes (``shared/notes/003`` "CTC Loss") explain the setting:
+a many-to-many prediction with no one-to-one correspondence between the T output frames and
+the S ≪ T labels. CTC adds a blank token (index 0 here) and a collapse map B that merges
+repeats between blanks and drops blanks, B(a a ∅ a b b ∅) = "aab", and sums over every
+frame-level path that collapses to the labels:
+
+    p(y | x) = Σ_{π : B(π) = y} Π_t p_t(π_t | x),        loss = −log p(y | x)
+
+computed by the forward (α) recursion inside ``torch.nn.functional.ctc_loss``.
 """
 
 from __future__ import annotations
@@ -19,24 +28,19 @@ from __future__ import annotations
 from typing import ClassVar, Literal, NamedTuple
 
 import torch
+import torch.nn.functional as F
 import torchaudio
 from torch import Tensor, nn
 from torchaudio.models.conformer import ConformerLayer
 
-from mlnotes_zoo.models.ctc_decoding import greedy_decode, ids_to_text, prefix_beam_search
+from mlnotes_zoo.constraints import NonNegativeInt, PositiveFloat, PositiveInt, UnitInterval
+from mlnotes_zoo.models.ctc.decoding import BLANK, greedy_decode, ids_to_text, prefix_beam_search
 from mlnotes_zoo.models.shared import check_tensor
 from mlnotes_zoo.registry import register_model
 
-__all__ = [
-    "LogMelFrontend",
-    "SpecAugment",
-    "ConvSubsampling",
-    "BiGRULayer",
-    "CTCOutput",
-    "CTCSpeechModel",
-    "DeepSpeechCTC",
-    "ConformerCTC",
-]
+OBJECTIVE = ["ctc_loss"]
+__all__ = ["LogMelFrontend", "SpecAugment", "ConvSubsampling", "BiGRULayer", "CTCOutput",
+           "CTCSpeechModel", "DeepSpeechCTC", "ConformerCTC", *OBJECTIVE]
 
 DEFAULT_VOCAB = "0123456789abcdef"  # the spoken_symbols alphabet
 
@@ -298,19 +302,19 @@ class DeepSpeechCTC(CTCSpeechModel):
         self,
         *,
         vocab: str = DEFAULT_VOCAB,
-        sample_rate: int = 8000,
-        n_mels: int = 40,
-        win_ms: float = 25.0,
-        hop_ms: float = 10.0,
-        freq_mask: int = 6,
-        time_mask: int = 4,
-        n_freq_masks: int = 2,
-        n_time_masks: int = 2,
-        conv_channels: int = 32,
-        dim: int = 192,
-        hidden: int = 192,
-        num_layers: int = 3,
-        dropout: float = 0.1,
+        sample_rate: PositiveInt = 8000,
+        n_mels: PositiveInt = 40,
+        win_ms: PositiveFloat = 25.0,
+        hop_ms: PositiveFloat = 10.0,
+        freq_mask: NonNegativeInt = 6,
+        time_mask: NonNegativeInt = 4,
+        n_freq_masks: NonNegativeInt = 2,
+        n_time_masks: NonNegativeInt = 2,
+        conv_channels: PositiveInt = 32,
+        dim: PositiveInt = 192,
+        hidden: PositiveInt = 192,
+        num_layers: PositiveInt = 3,
+        dropout: UnitInterval = 0.1,
     ) -> None:
         super().__init__(vocab=vocab, sample_rate=sample_rate, n_mels=n_mels, win_ms=win_ms,
                          hop_ms=hop_ms, freq_mask=freq_mask, time_mask=time_mask,
@@ -369,21 +373,21 @@ class ConformerCTC(CTCSpeechModel):
         self,
         *,
         vocab: str = DEFAULT_VOCAB,
-        sample_rate: int = 8000,
-        n_mels: int = 40,
-        win_ms: float = 25.0,
-        hop_ms: float = 10.0,
-        freq_mask: int = 6,
-        time_mask: int = 4,
-        n_freq_masks: int = 2,
-        n_time_masks: int = 2,
-        conv_channels: int = 32,
-        dim: int = 144,
-        num_heads: int = 4,
-        ffn_dim: int = 576,
-        num_layers: int = 4,
-        kernel_size: int = 15,
-        dropout: float = 0.1,
+        sample_rate: PositiveInt = 8000,
+        n_mels: PositiveInt = 40,
+        win_ms: PositiveFloat = 25.0,
+        hop_ms: PositiveFloat = 10.0,
+        freq_mask: NonNegativeInt = 6,
+        time_mask: NonNegativeInt = 4,
+        n_freq_masks: NonNegativeInt = 2,
+        n_time_masks: NonNegativeInt = 2,
+        conv_channels: PositiveInt = 32,
+        dim: PositiveInt = 144,
+        num_heads: PositiveInt = 4,
+        ffn_dim: PositiveInt = 576,
+        num_layers: PositiveInt = 4,
+        kernel_size: PositiveInt = 15,
+        dropout: UnitInterval = 0.1,
     ) -> None:
         super().__init__(vocab=vocab, sample_rate=sample_rate, n_mels=n_mels, win_ms=win_ms,
                          hop_ms=hop_ms, freq_mask=freq_mask, time_mask=time_mask,
@@ -398,3 +402,39 @@ class ConformerCTC(CTCSpeechModel):
 
     def encode(self, x: Tensor, lengths: Tensor) -> Tensor:
         return self.conformer(x, lengths)[0]
+
+
+# -- the objective: CTC loss, blank = 0 ----------------------------------------------------
+def ctc_loss(
+    log_probs: Tensor,
+    targets: Tensor,
+    input_lengths: Tensor,
+    target_lengths: Tensor,
+    *,
+    reduction: Literal["mean", "sum", "none"] = "mean",
+    zero_infinity: bool = True,
+) -> Tensor:
+    """−log p(y|x) of padded label batches under frame posteriors, blank = 0.
+
+    Args:
+        log_probs: (B, T, C) log-softmax outputs, batch first (the zoo's layout; transposed
+            to the (T, B, C) that cuDNN/CPU kernels take).
+        targets: (B, S) label ids in 1..C−1, padded with anything past ``target_lengths``.
+        input_lengths: (B,) valid frames of each output sequence (after subsampling).
+        target_lengths: (B,) labels of each target.
+        reduction: ``"mean"`` divides each utterance's loss by its label count, then
+            averages over the batch (``torch.nn.CTCLoss``'s convention); ``"sum"``/``"none"``.
+        zero_infinity: an infeasible pair (fewer frames than labels plus the blanks that
+            separate repeats) has p(y|x) = 0; count it as loss 0 instead of +inf.
+    """
+    if log_probs.dim() != 3:
+        raise ValueError(f"log_probs must be (B, T, C), got shape {tuple(log_probs.shape)}")
+    return F.ctc_loss(
+        log_probs.transpose(0, 1),  # (T, B, C)
+        targets,
+        input_lengths,
+        target_lengths,
+        blank=BLANK,
+        reduction=reduction,
+        zero_infinity=zero_infinity,
+    )
