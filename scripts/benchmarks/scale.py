@@ -83,7 +83,7 @@ def bench_checkpointing() -> dict:
     for ≥4× less memory), for the GPT, Glow and RealNVP of the zoo; the flows on
     ``FLOW_SHAPE`` images and, for the record, on the default 8×8 digits."""
     from mlnotes_zoo import create_model
-    from mlnotes_zoo.scale.checkpointing import apply_activation_checkpointing
+    from mlnotes_zoo.scale.activation_checkpointing import apply_activation_checkpointing
 
     def case(name: str, kwargs: dict, batch: int) -> dict:
         torch.manual_seed(0)

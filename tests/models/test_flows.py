@@ -245,7 +245,7 @@ def test_bad_arguments_are_errors():
 
 @pytest.mark.parametrize("name", ["realnvp", "glow"])
 def test_activation_checkpointing_keeps_values_gradients_and_inverse(name):
-    from mlnotes_zoo.scale.checkpointing import apply_activation_checkpointing
+    from mlnotes_zoo.scale.activation_checkpointing import apply_activation_checkpointing
 
     torch.manual_seed(0)
     plain = create_model(name, hidden=16).train()

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from mlnotes_zoo.registry import create_model
 from mlnotes_zoo.resume import rng_state, set_rng_state
-from mlnotes_zoo.scale.checkpointing import apply_activation_checkpointing
+from mlnotes_zoo.scale.activation_checkpointing import apply_activation_checkpointing
 from mlnotes_zoo.scale.sharding import fully_shard_model, zero1_optimizer
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mlnotes_zoo.scale.checkpointing import repeated_blocks
+from mlnotes_zoo.scale.activation_checkpointing import repeated_blocks
 
 __all__ = ["fully_shard_model", "zero1_optimizer"]
 

@@ -9,7 +9,10 @@ import torch
 from torch import nn
 
 from mlnotes_zoo import create_model, list_models
-from mlnotes_zoo.scale.checkpointing import apply_activation_checkpointing, repeated_blocks
+from mlnotes_zoo.scale.activation_checkpointing import (
+    apply_activation_checkpointing,
+    repeated_blocks,
+)
 
 
 class MLPBlock(nn.Module):
