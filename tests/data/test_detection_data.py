@@ -13,12 +13,8 @@ from PIL import Image, ImageDraw
 from torchvision.ops import masks_to_boxes
 
 from mlnotes_zoo.data.coco import CocoDataModule, PennFudanDataModule
-from mlnotes_zoo.data.shapes import (
-    ShapesDataModule,
-    detection_collate,
-    generate_shapes,
-    masks_to_boxes_xyxy,
-)
+from mlnotes_zoo.data.detection import detection_collate, masks_to_boxes_xyxy
+from mlnotes_zoo.data.shapes import ShapesDataModule, generate_shapes
 
 
 def test_shapes_are_seeded_and_targets_match_the_pixels():
@@ -80,7 +76,7 @@ def test_shapes_datamodule_splits():
     fresh = ShapesDataModule(num_train=6, num_val=3, num_test=4, seed=9)
     fresh.setup("test")
     assert torch.equal(fresh.splits["test"][3][1]["masks"], other.splits["test"][3][1]["masks"])
-    with pytest.raises(ValueError, match="num_classes must be 4"):
+    with pytest.raises(ValueError, match="num_classes=3: must be 4"):
         ShapesDataModule(num_classes=3)
 
 

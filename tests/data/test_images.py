@@ -12,11 +12,16 @@ import torch
 from sklearn.datasets import load_digits
 
 from mlnotes_zoo.data import (
+    BadDataError,
     CIFAR10DataModule,
+    DataNotFoundError,
     DigitsDataModule,
     FashionMNISTDataModule,
     MNISTDataModule,
+    ParityDataModule,
 )
+from mlnotes_zoo.data.base import seeded_split
+from mlnotes_zoo.errors import ZooError
 
 
 def _setup(dm):
@@ -37,6 +42,34 @@ def test_digits_splits_are_disjoint_fixed_and_cover_the_set():
     assert torch.equal(other.splits["test"].tensors[0], dm.splits["test"].tensors[0])
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (32, 1, 8, 8) and x.min() >= 0 and x.max() <= 1 and y.dtype == torch.long
+
+
+def test_seeded_split_is_consecutive_chunks_of_one_seeded_permutation():
+    # the split every DataModule used before random_split: the same indices, in order
+    order = torch.randperm(50, generator=torch.Generator().manual_seed(3)).tolist()
+    parts = seeded_split(50, {"test": 10, "val": 5, "train": 35}, seed=3)
+    assert parts == {"test": order[:10], "val": order[10:15], "train": order[15:]}
+    assert seeded_split(50, {"test": 10, "val": 5, "train": 35}, seed=4) != parts
+
+
+def test_reference_data_is_the_stored_split_set_up_on_first_use():
+    dm = DigitsDataModule(batch_size=32)
+    test = dm.reference_data("test")  # no setup call first
+    x, y = test.tensors
+    assert x.shape == (360, 1, 8, 8) and torch.equal(y, dm.splits["test"].tensors[1])
+    assert dm.reference_data("train") is dm.splits["train"]
+    # parity draws its training data afresh each epoch: no fixed training split
+    parity = ParityDataModule(n_elems=4, train_max_nonzero=2, train_size=8, val_size=4,
+                              test_size=4, batch_size=4)
+    with pytest.raises(KeyError, match="no fixed 'train' split"):
+        parity.reference_data("train")
+    assert len(parity.reference_data("val")) == 2  # interpolation and extrapolation sets
+
+
+def test_data_errors_are_zoo_errors():
+    assert issubclass(BadDataError, ZooError) and issubclass(BadDataError, ValueError)
+    assert issubclass(DataNotFoundError, ZooError)
+    assert issubclass(DataNotFoundError, FileNotFoundError)
 
 
 def test_digits_resize_and_channels():

@@ -1,6 +1,6 @@
 """LightningDataModules: embedded offline defaults and real-dataset loaders."""
 
-from mlnotes_zoo.data.base import BadDataError
+from mlnotes_zoo.data.base import BadDataError, DataModule, DataNotFoundError
 from mlnotes_zoo.data.cifar10 import CIFAR10DataModule
 from mlnotes_zoo.data.coco import CocoDataModule, PennFudanDataModule
 from mlnotes_zoo.data.digits import DigitsDataModule
@@ -16,7 +16,8 @@ from mlnotes_zoo.data.speech import (
 from mlnotes_zoo.data.spoken_symbols import SpokenSymbolsDataModule
 from mlnotes_zoo.data.text import TextDataModule
 
-__all__ = ["BadDataError", "ShapesDataModule", "CocoDataModule", "PennFudanDataModule",
+__all__ = ["BadDataError", "DataNotFoundError", "DataModule",
+           "ShapesDataModule", "CocoDataModule", "PennFudanDataModule",
            "SpokenSymbolsDataModule", "LibriSpeechDataModule",
            "SpeechCommandsDataModule", "AudioFolderDataModule",
            "DigitsDataModule", "MNISTDataModule", "FashionMNISTDataModule", "CIFAR10DataModule",

@@ -13,7 +13,7 @@ Penn-Fudan layout (``PennFudanDataModule``): ``<root>/PNGImages/<name>.png`` and
 ``<root>/PedMasks/<name>_mask.png`` whose pixel values are instance ids (0 = background),
 every instance one class ("pedestrian"); a seeded split gives validation and test images.
 
-Batches are ``(images, targets)`` lists as for :mod:`mlnotes_zoo.data.shapes`.
+Batches are ``(images, targets)`` lists in the format of :mod:`mlnotes_zoo.data.detection`.
 
 Bad input is reported with the file it is in: a missing or unparsable annotation file, a
 missing images folder, a split with no images, a missing, unreadable or differently sized
@@ -32,14 +32,14 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset, Subset
 
-from mlnotes_zoo.data.base import BadDataError
-from mlnotes_zoo.data.shapes import detection_collate, masks_to_boxes_xyxy
+from mlnotes_zoo.constraints import NonNegativeInt, PositiveInt, Seed
+from mlnotes_zoo.data.base import BadDataError, DataNotFoundError, seeded_split
+from mlnotes_zoo.data.detection import DetectionDataModule, NumClasses, masks_to_boxes_xyxy
 
 __all__ = ["CocoDetection", "CocoDataModule", "PennFudanDataModule", "MaskFolderDetection"]
 
@@ -51,7 +51,7 @@ BOX_TOLERANCE = 1.0  # pixels a box may extend past the image edge (float roundi
 def _open_image(path: Path, mode: str | None = None) -> np.ndarray:
     """Pixels of an image file as an array; errors name the file."""
     if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
+        raise DataNotFoundError(f"image not found: {path}")
     try:
         with Image.open(path) as image:
             return np.asarray(image.convert(mode) if mode else image).copy()
@@ -72,14 +72,12 @@ class CocoDetection(Dataset):
                  masks: bool = True, on_bad: Literal["error", "skip"] = "error") -> None:
         from pycocotools.coco import COCO
 
-        if on_bad not in ("error", "skip"):
-            raise ValueError(f"on_bad must be 'error' or 'skip', got {on_bad!r}")
         annotation_file = Path(annotation_file)
         if not annotation_file.is_file():
-            raise FileNotFoundError(f"COCO annotations not found: {annotation_file}")
+            raise DataNotFoundError(f"COCO annotations not found: {annotation_file}")
         self.images_dir = Path(images_dir)
         if not self.images_dir.is_dir():
-            raise FileNotFoundError(f"images folder not found: {self.images_dir} (the images of "
+            raise DataNotFoundError(f"images folder not found: {self.images_dir} (the images of "
                                     f"{annotation_file.name})")
         try:
             dataset = json.loads(annotation_file.read_text(encoding="utf-8"))
@@ -189,11 +187,11 @@ class MaskFolderDetection(Dataset):
         self.image_paths = sorted(p for p in (root / images).iterdir() if p.is_file()) \
             if (root / images).is_dir() else []
         if not self.image_paths:
-            raise FileNotFoundError(f"no images under {root / images}")
+            raise DataNotFoundError(f"no images under {root / images}")
         self.mask_paths = [root / masks / f"{p.stem}{mask_suffix}.png" for p in self.image_paths]
         missing = [str(p) for p in self.mask_paths if not p.is_file()]
         if missing:
-            raise FileNotFoundError(f"masks missing for {len(missing)} images, e.g. {missing[0]}")
+            raise DataNotFoundError(f"masks missing for {len(missing)} images, e.g. {missing[0]}")
 
     def __len__(self) -> int:
         return len(self.image_paths)
@@ -212,35 +210,7 @@ class MaskFolderDetection(Dataset):
                        "labels": torch.ones(len(ids), dtype=torch.int64), "masks": masks}
 
 
-class _DetectionDataModule(pl.LightningDataModule):
-    def __init__(self, *, image_size: int, num_classes: int, batch_size: int,
-                 num_workers: int) -> None:
-        super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.image_size = image_size  # read by the model config (min_size/max_size)
-        self.num_classes = num_classes
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.splits: dict[str, Dataset] = {}
-        self.class_names: tuple[str, ...] = ()
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(self.splits[split], batch_size=self.batch_size, shuffle=shuffle,
-                          collate_fn=detection_collate, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-
-class CocoDataModule(_DetectionDataModule):
+class CocoDataModule(DetectionDataModule):
     """A COCO-format folder (see module docstring).
 
     Args:
@@ -257,8 +227,9 @@ class CocoDataModule(_DetectionDataModule):
 
     def __init__(self, *, root: str = "data/coco", train_split: str = "train2017",
                  val_split: str = "val2017", test_split: str | None = None, masks: bool = True,
-                 on_bad: Literal["error", "skip"] = "error", image_size: int = 512,
-                 num_classes: int = 81, batch_size: int = 4, num_workers: int = 0) -> None:
+                 on_bad: Literal["error", "skip"] = "error", image_size: PositiveInt = 512,
+                 num_classes: NumClasses = 81, batch_size: PositiveInt = 4,
+                 num_workers: NonNegativeInt = 0) -> None:
         super().__init__(image_size=image_size, num_classes=num_classes, batch_size=batch_size,
                          num_workers=num_workers)
         self.root = Path(root).expanduser()
@@ -271,7 +242,7 @@ class CocoDataModule(_DetectionDataModule):
         if self.splits:
             return
         if not self.root.is_dir() or not any(self.root.iterdir()):
-            raise FileNotFoundError(f"COCO folder {str(self.root)!r} is missing or empty: put "
+            raise DataNotFoundError(f"COCO folder {str(self.root)!r} is missing or empty: put "
                                     f"annotations/instances_<split>.json and <split>/ images "
                                     f"there, or set data.root=<dir>")
         for name, split in self.split_names.items():
@@ -291,7 +262,7 @@ class CocoDataModule(_DetectionDataModule):
         self.class_names = train.class_names
 
 
-class PennFudanDataModule(_DetectionDataModule):
+class PennFudanDataModule(DetectionDataModule):
     """Penn-Fudan-style folder (see module docstring), seeded val/test split.
 
     Args:
@@ -304,15 +275,12 @@ class PennFudanDataModule(_DetectionDataModule):
     class_names = ("pedestrian",)
 
     def __init__(self, *, root: str = "data/PennFudanPed", images: str = "PNGImages",
-                 masks: str = "PedMasks", mask_suffix: str = "_mask", val_size: int = 20,
-                 test_size: int = 20, split_seed: int = 0, image_size: int = 320,
-                 num_classes: int = 2, batch_size: int = 2, num_workers: int = 0) -> None:
+                 masks: str = "PedMasks", mask_suffix: str = "_mask", val_size: PositiveInt = 20,
+                 test_size: PositiveInt = 20, split_seed: Seed = 0, image_size: PositiveInt = 320,
+                 num_classes: Literal[2] = 2, batch_size: PositiveInt = 2,
+                 num_workers: NonNegativeInt = 0) -> None:
         super().__init__(image_size=image_size, num_classes=num_classes, batch_size=batch_size,
                          num_workers=num_workers)
-        if num_classes != 2:
-            raise ValueError(f"a mask folder has one class: num_classes must be 2, "
-                             f"got {num_classes}")
-        self.class_names = ("pedestrian",)
         self.root, self.folders = Path(root).expanduser(), (images, masks, mask_suffix)
         self.val_size, self.test_size, self.split_seed = val_size, test_size, split_seed
 
@@ -322,12 +290,9 @@ class PennFudanDataModule(_DetectionDataModule):
         images, masks, suffix = self.folders
         full = MaskFolderDetection(self.root, images=images, masks=masks, mask_suffix=suffix)
         n_train = len(full) - self.val_size - self.test_size
-        if self.val_size < 1 or self.test_size < 1 or n_train < 1:
+        if n_train < 1:
             raise ValueError(f"val_size ({self.val_size}) + test_size ({self.test_size}) must "
                              f"leave training images out of {len(full)}")
-        order = torch.randperm(len(full), generator=torch.Generator().manual_seed(self.split_seed))
-        parts = {"test": order[: self.test_size],
-                 "val": order[self.test_size : self.test_size + self.val_size],
-                 "train": order[self.test_size + self.val_size :]}
-        for name, idx in parts.items():
-            self.splits[name] = torch.utils.data.Subset(full, idx.tolist())
+        sizes = {"test": self.test_size, "val": self.val_size, "train": n_train}
+        for name, idx in seeded_split(len(full), sizes, self.split_seed).items():
+            self.splits[name] = Subset(full, idx)

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
+
+from mlnotes_zoo.constraints import NonNegativeInt, PositiveInt, Seed
+from mlnotes_zoo.data.base import DataModule
 
 __all__ = ["ParityDataModule", "make_parity"]
 
@@ -82,7 +84,7 @@ class _EpochSampler(Sampler):
         return ((self.epoch, i) for i in range(self.num_batches))
 
 
-class ParityDataModule(pl.LightningDataModule):
+class ParityDataModule(DataModule):
     """Parity of the number of ±1 entries, in-distribution and extrapolation sets.
 
     Args:
@@ -91,7 +93,7 @@ class ParityDataModule(pl.LightningDataModule):
         train_size: training examples per epoch (fresh each epoch).
         val_size, test_size: examples in each validation / test set (interpolation and
             extrapolation get this many each).
-        batch_size: examples per batch.
+        batch_size: examples per training batch (evaluation batches are 4 times larger).
         seed: seed of the training stream (epoch e draws from (seed, e)).
         split_seed: seed of the fixed validation and test sets.
         num_workers: DataLoader workers (0: generate in the main process, fastest here).
@@ -100,34 +102,29 @@ class ParityDataModule(pl.LightningDataModule):
     def __init__(
         self,
         *,
-        n_elems: int = 16,
-        train_max_nonzero: int = 12,
-        train_size: int = 25_600,
-        val_size: int = 2_000,
-        test_size: int = 10_000,
-        batch_size: int = 128,
-        seed: int = 0,
-        split_seed: int = 1234,
-        num_workers: int = 0,
+        n_elems: PositiveInt = 16,
+        train_max_nonzero: PositiveInt = 12,
+        train_size: PositiveInt = 25_600,
+        val_size: PositiveInt = 2_000,
+        test_size: PositiveInt = 10_000,
+        batch_size: PositiveInt = 128,
+        seed: Seed = 0,
+        split_seed: Seed = 1234,
+        num_workers: NonNegativeInt = 0,
     ) -> None:
-        super().__init__()
-        if not 1 <= train_max_nonzero <= n_elems:
+        super().__init__(batch_size=batch_size, num_workers=num_workers)
+        if train_max_nonzero > n_elems:
             raise ValueError(
                 f"train_max_nonzero must be in 1..n_elems ({n_elems}), got {train_max_nonzero}")
-        if batch_size < 1 or train_size < batch_size:
-            raise ValueError(f"need 1 <= batch_size ({batch_size}) <= train_size ({train_size})")
-        if val_size < 1 or test_size < 1:
-            raise ValueError(f"val_size and test_size must be >= 1, got {val_size}, {test_size}")
+        if train_size < batch_size:
+            raise ValueError(f"need batch_size ({batch_size}) <= train_size ({train_size})")
         self.n_elems = n_elems
         self.train_max_nonzero = train_max_nonzero
         self.train_size = train_size
         self.val_size = val_size
         self.test_size = test_size
-        self.batch_size = batch_size
         self.seed = seed
         self.split_seed = split_seed
-        self.num_workers = num_workers
-        self.splits: dict[str, list[TensorDataset]] = {}
 
     @property
     def has_extrapolation(self) -> bool:
@@ -148,22 +145,14 @@ class ParityDataModule(pl.LightningDataModule):
                 for r, (lo, hi) in enumerate(ranges)
             ]
 
+    @property
+    def eval_batch_size(self) -> int:
+        return self.batch_size * 4  # no backward pass: larger batches fit
+
     def train_dataloader(self) -> DataLoader:
         num_batches = self.train_size // self.batch_size
         batches = _EpochBatches(
             num_batches=num_batches, batch_size=self.batch_size, n_elems=self.n_elems,
             min_nonzero=1, max_nonzero=self.train_max_nonzero, seed=self.seed)
         # batch_size=None: the dataset yields whole batches (vectorised generation).
-        return DataLoader(batches, batch_size=None, sampler=_EpochSampler(num_batches),
-                          num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
-
-    def _eval_loaders(self, split: str) -> list[DataLoader]:
-        return [DataLoader(ds, batch_size=self.batch_size * 4, shuffle=False,
-                           num_workers=self.num_workers) for ds in self.splits[split]]
-
-    def val_dataloader(self) -> list[DataLoader]:
-        return self._eval_loaders("val")
-
-    def test_dataloader(self) -> list[DataLoader]:
-        return self._eval_loaders("test")
+        return self.loader(batches, batch_size=None, sampler=_EpochSampler(num_batches))

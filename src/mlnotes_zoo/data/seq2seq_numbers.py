@@ -7,10 +7,14 @@ generated words is the metric.
 
 from __future__ import annotations
 
-import pytorch_lightning as pl
+from typing import Annotated
+
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset, random_split
+
+from mlnotes_zoo.constraints import Field, NonNegativeInt, PositiveInt, Seed
+from mlnotes_zoo.data.base import DataModule
 
 __all__ = ["SeqNumbersDataModule", "number_to_words", "VOCAB", "PAD_ID", "BOS_ID", "EOS_ID"]
 
@@ -26,6 +30,7 @@ VOCAB = ["<pad>", "<bos>", "<eos>", *"0123456789", *_ONES, *_TENS[2:], "hundred"
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 TOKEN_ID = {tok: i for i, tok in enumerate(VOCAB)}
 MAX_VALUE = 999_999_999
+MaxValue = Annotated[int, Field(ge=9, le=MAX_VALUE, description="the largest number")]
 
 
 def _below_thousand(n: int) -> list[str]:
@@ -79,7 +84,7 @@ def decode_tokens(tokens: Tensor) -> str:
     return ("" if out and out[0].isdigit() else " ").join(out).strip()
 
 
-class SeqNumbersDataModule(pl.LightningDataModule):
+class SeqNumbersDataModule(DataModule):
     """Batches ``(src, tgt)``: digits of n → bos + English words of n + eos, right-padded.
 
     Numbers are drawn with a uniformly random number of digits (1..len(str(max_value))),
@@ -91,26 +96,25 @@ class SeqNumbersDataModule(pl.LightningDataModule):
         max_value: largest integer (≤ 999,999,999).
         train_size, val_size, test_size: distinct numbers per split (disjoint).
         batch_size: pairs per batch.
+        split_seed: seed of the draw and the split.
+        num_workers: DataLoader workers.
     """
 
     vocab = VOCAB
     vocab_size = len(VOCAB)
     pad_id, bos_id, eos_id = PAD_ID, BOS_ID, EOS_ID
 
-    def __init__(self, *, max_value: int = 999_999, train_size: int = 50_000,
-                 val_size: int = 1_000, test_size: int = 2_000, batch_size: int = 128,
-                 split_seed: int = 0, num_workers: int = 0) -> None:
-        super().__init__()
-        if not 9 <= max_value <= MAX_VALUE:
-            raise ValueError(f"max_value must be in 9..{MAX_VALUE}, got {max_value}")
-        total = train_size + val_size + test_size
-        if min(train_size, val_size, test_size) < 1 or total > max_value + 1:
-            raise ValueError(f"split sizes must be >= 1 and sum to at most {max_value + 1} "
-                             f"distinct numbers, got {train_size}, {val_size}, {test_size}")
-        self.max_value, self.batch_size, self.num_workers = max_value, batch_size, num_workers
+    def __init__(self, *, max_value: MaxValue = 999_999, train_size: PositiveInt = 50_000,
+                 val_size: PositiveInt = 1_000, test_size: PositiveInt = 2_000,
+                 batch_size: PositiveInt = 128, split_seed: Seed = 0,
+                 num_workers: NonNegativeInt = 0) -> None:
+        super().__init__(batch_size=batch_size, num_workers=num_workers)
+        if train_size + val_size + test_size > max_value + 1:
+            raise ValueError(f"split sizes must sum to at most {max_value + 1} distinct numbers, "
+                             f"got {train_size}, {val_size}, {test_size}")
+        self.max_value = max_value
         self.sizes = {"train": train_size, "val": val_size, "test": test_size}
         self.split_seed = split_seed
-        self.splits: dict[str, TensorDataset] = {}
 
     def draw_numbers(self) -> dict[str, list[int]]:
         """The distinct numbers of each split (deterministic in ``split_seed``)."""
@@ -128,30 +132,13 @@ class SeqNumbersDataModule(pl.LightningDataModule):
                     seen[v] = None
                     if len(seen) == total:
                         break
-        # shuffle: first occurrences are biased to short numbers (there are few of them)
-        distinct = list(seen)
-        numbers = [distinct[i] for i in torch.randperm(total, generator=g).tolist()]
-        out, start = {}, 0
-        for name in ("test", "val", "train"):
-            out[name] = numbers[start : start + self.sizes[name]]
-            start += self.sizes[name]
-        return out
+        # a random split (first occurrences are biased to short numbers: there are few)
+        names = ("test", "val", "train")
+        parts = random_split(list(seen), [self.sizes[n] for n in names], generator=g)
+        return {name: list(part) for name, part in zip(names, parts, strict=True)}
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
         for name, numbers in self.draw_numbers().items():
             self.splits[name] = TensorDataset(*encode_pairs(numbers))
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(self.splits[split], batch_size=self.batch_size, shuffle=shuffle,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)

@@ -5,40 +5,24 @@ and triangles of random colour, size and position, drawn one over another: an ea
 may be partly hidden, and its mask and box are its *visible* pixels (the COCO convention).
 A placement that would hide more than ``max_occlusion`` of any shape is redrawn.
 
-Detection batches are ``(images, targets)``: two lists, because images of other datasets
-differ in size (:func:`detection_collate`); each target is a dict with ``boxes`` float (N, 4)
-``xyxy`` pixels, ``labels`` int64 (N,) in 1..3 (0 is background), ``masks`` uint8 (N, H, W).
+Batches are ``(images, targets)`` lists in the format of :mod:`mlnotes_zoo.data.detection`,
+labels 1..3 (circle, square, triangle) and instance ``masks``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
-from torchvision.ops import masks_to_boxes
+from torch.utils.data import Dataset
 
-__all__ = ["ShapesDataModule", "ShapesDataset", "DetectionDataset", "detection_collate",
-           "generate_shapes", "masks_to_boxes_xyxy", "SHAPE_NAMES"]
+from mlnotes_zoo.constraints import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt, Seed
+from mlnotes_zoo.data.detection import DetectionDataModule, masks_to_boxes_xyxy
+
+__all__ = ["ShapesDataModule", "ShapesDataset", "generate_shapes", "SHAPE_NAMES"]
 
 SHAPE_NAMES = ("circle", "square", "triangle")  # labels 1, 2, 3
-
-
-def detection_collate(batch: list[tuple[Tensor, dict[str, Tensor]]]) -> tuple[list, list]:
-    """[(image, target), ...] -> ([images], [targets]): detection models take lists."""
-    images, targets = zip(*batch, strict=True)
-    return list(images), list(targets)
-
-
-def masks_to_boxes_xyxy(masks: Tensor) -> Tensor:
-    """(N, H, W) non-empty masks -> (N, 4) ``xyxy`` boxes enclosing whole pixels.
-
-    torchvision's ``masks_to_boxes`` gives the last pixel's index as x2/y2; the box of the
-    pixels themselves ends one further (x2 = last column + 1), as COCO's boxes do.
-    """
-    return masks_to_boxes(masks) + torch.tensor([0.0, 0.0, 1.0, 1.0])
 
 
 def _shape_mask(kind: int, cx: float, cy: float, size: float,
@@ -123,21 +107,6 @@ def generate_shapes(
     return images, targets
 
 
-class DetectionDataset(Dataset):
-    """uint8 images held in memory + their targets; items are (float image in [0, 1], target)."""
-
-    def __init__(self, images: Tensor, targets: list[dict[str, Tensor]]) -> None:
-        if len(images) != len(targets):
-            raise ValueError(f"{len(images)} images but {len(targets)} targets")
-        self.images, self.targets = images, targets
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
-        return self.images[index].float().div(255), self.targets[index]
-
-
 class ShapesDataset(Dataset):
     """``size`` shapes images, image ``i`` generated from its own seed on first access, then kept.
 
@@ -163,7 +132,7 @@ class ShapesDataset(Dataset):
         return image.float().div(255), target
 
 
-class ShapesDataModule(pl.LightningDataModule):
+class ShapesDataModule(DetectionDataModule):
     """Circles, squares and triangles with boxes and instance masks, generated from seeds.
 
     The test split depends on ``split_seed`` only (never on the training seed), so every run
@@ -176,7 +145,7 @@ class ShapesDataModule(pl.LightningDataModule):
         min_shape_size, max_shape_size: side (square, triangle) or diameter (circle) in pixels.
         max_occlusion: largest fraction of a shape that later shapes may hide.
         noise: standard deviation of the per-pixel Gaussian noise (pixel values in [0, 1]).
-        num_classes: must be 4 (3 shapes + background); the model config reads it.
+        num_classes: 4 (3 shapes + background); the model config reads it.
         batch_size, num_workers: DataLoader settings.
         seed: seed of the training images; ``split_seed`` of validation and test.
     """
@@ -186,28 +155,24 @@ class ShapesDataModule(pl.LightningDataModule):
     def __init__(
         self,
         *,
-        num_train: int = 4000,
-        num_val: int = 48,
-        num_test: int = 200,
-        image_size: int = 64,
-        min_objects: int = 2,
-        max_objects: int = 5,
-        min_shape_size: int = 12,
-        max_shape_size: int = 28,
-        max_occlusion: float = 0.4,
-        noise: float = 0.03,
-        num_classes: int = 4,
-        batch_size: int = 8,
-        num_workers: int = 0,
-        seed: int = 0,
-        split_seed: int = 1,
+        num_train: PositiveInt = 4000,
+        num_val: PositiveInt = 48,
+        num_test: PositiveInt = 200,
+        image_size: PositiveInt = 64,
+        min_objects: PositiveInt = 2,
+        max_objects: PositiveInt = 5,
+        min_shape_size: PositiveInt = 12,
+        max_shape_size: PositiveInt = 28,
+        max_occlusion: Fraction = 0.4,
+        noise: NonNegativeFloat = 0.03,
+        num_classes: Literal[4] = 4,
+        batch_size: PositiveInt = 8,
+        num_workers: NonNegativeInt = 0,
+        seed: Seed = 0,
+        split_seed: Seed = 1,
     ) -> None:
-        super().__init__()
-        if num_classes != len(SHAPE_NAMES) + 1:
-            raise ValueError(f"shapes has {len(SHAPE_NAMES)} classes + background: num_classes "
-                             f"must be {len(SHAPE_NAMES) + 1}, got {num_classes}")
-        if min(num_train, num_val, num_test) < 1 or batch_size < 1:
-            raise ValueError("num_train, num_val, num_test and batch_size must be >= 1")
+        super().__init__(image_size=image_size, num_classes=num_classes, batch_size=batch_size,
+                         num_workers=num_workers)
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
         self.shape_kwargs: dict[str, Any] = dict(
             image_size=image_size, min_objects=min_objects, max_objects=max_objects,
@@ -215,28 +180,9 @@ class ShapesDataModule(pl.LightningDataModule):
             max_occlusion=max_occlusion, noise=noise,
         )
         generate_shapes(1, **self.shape_kwargs)  # fail on bad sizes now, not at setup
-        self.image_size = image_size
-        self.num_classes = num_classes
-        self.batch_size = batch_size
-        self.num_workers = num_workers
         self.seeds = {"train": seed, "val": 1000 * split_seed + 1, "test": 1000 * split_seed + 2}
-        self.splits: dict[str, ShapesDataset] = {}
 
     def setup(self, stage: str | None = None) -> None:
         for name, size in self.sizes.items():
             if name not in self.splits:
                 self.splits[name] = ShapesDataset(size, seed=self.seeds[name], **self.shape_kwargs)
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(self.splits[split], batch_size=self.batch_size, shuffle=shuffle,
-                          collate_fn=detection_collate, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)

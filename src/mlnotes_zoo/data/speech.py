@@ -22,15 +22,15 @@ import logging
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
-import pytorch_lightning as pl
 import torch
 import torchaudio
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from mlnotes_zoo.data.base import BadDataError
+from mlnotes_zoo.constraints import NonNegativeInt, PositiveInt, UnitInterval
+from mlnotes_zoo.data.base import BadDataError, DataModule, DataNotFoundError
 
 __all__ = [
     "Utterance",
@@ -110,7 +110,7 @@ class SpeechDataset(Dataset):
         return wave.float(), torch.tensor([self.index[ch] for ch in text], dtype=torch.long)
 
 
-class SpeechDataModule(pl.LightningDataModule):
+class SpeechDataModule(DataModule):
     """Base of the speech DataModules; subclasses implement :meth:`load_split`.
 
     Args:
@@ -125,30 +125,25 @@ class SpeechDataModule(pl.LightningDataModule):
             restore the missing band).
     """
 
+    collate_fn = staticmethod(collate_speech)
+
     def __init__(
         self,
         *,
         vocab: str = CHARACTERS,
-        sample_rate: int = 16000,
-        batch_size: int = 32,
-        num_workers: int = 0,
+        sample_rate: PositiveInt = 16000,
+        batch_size: PositiveInt = 32,
+        num_workers: NonNegativeInt = 0,
         lowercase: bool = True,
         on_bad: Literal["error", "skip"] = "skip",
-        min_sample_rate: int = 8000,
+        min_sample_rate: PositiveInt = 8000,
     ) -> None:
-        super().__init__()
-        if on_bad not in ("error", "skip"):
-            raise ValueError(f"on_bad must be 'error' or 'skip', got {on_bad!r}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        super().__init__(batch_size=batch_size, num_workers=num_workers)
         self.vocab = vocab
         self.sample_rate = sample_rate
-        self.batch_size = batch_size
-        self.num_workers = num_workers
         self.lowercase = lowercase
         self.on_bad = on_bad
         self.min_sample_rate = min_sample_rate
-        self.splits: dict[str, SpeechDataset] = {}
         self.skipped: dict[str, list[str]] = {}
 
     # -- subclasses implement ------------------------------------------------------------
@@ -211,25 +206,9 @@ class SpeechDataModule(pl.LightningDataModule):
                 utterances = self.screen(self.load_split(split), split)
                 self.splits[split] = SpeechDataset(utterances, self.vocab, self.sample_rate)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.splits[split], batch_size=self.batch_size, shuffle=shuffle,
-            num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-            collate_fn=collate_speech,
-        )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-
-def _not_found(name: str, root: str, expected: str, err: Exception) -> FileNotFoundError:
-    return FileNotFoundError(f"{name} not found under {root!r}: put {expected} there, or set "
+def _not_found(name: str, root: str, expected: str, err: Exception) -> DataNotFoundError:
+    return DataNotFoundError(f"{name} not found under {root!r}: put {expected} there, or set "
                              f"data.root=<dir> ({err})")
 
 
@@ -242,7 +221,7 @@ class LibriSpeechDataModule(SpeechDataModule):
 
     def __init__(self, *, root: str = "data", train_subset: str = "train-clean-100",
                  val_subset: str = "dev-clean", test_subset: str = "test-clean",
-                 max_utterances: int = 0, **kwargs) -> None:
+                 max_utterances: NonNegativeInt = 0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.root = str(Path(root).expanduser())
         self.subsets = {"train": train_subset, "val": val_subset, "test": test_subset}
@@ -271,7 +250,8 @@ class SpeechCommandsDataModule(SpeechDataModule):
     validation/testing lists; the transcript of a clip is its word (``"yes"``, ``"left"``).
     """
 
-    def __init__(self, *, root: str = "data", max_utterances: int = 0, **kwargs) -> None:
+    def __init__(self, *, root: str = "data", max_utterances: NonNegativeInt = 0,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.root = str(Path(root).expanduser())
         self.max_utterances = max_utterances
@@ -314,11 +294,12 @@ class AudioFolderDataModule(SpeechDataModule):
     ``test_fraction``), the rest to train, so adding files never moves old ones.
     """
 
-    def __init__(self, *, root: str = "data/audio", val_fraction: float = 0.1,
-                 test_fraction: float = 0.1, **kwargs) -> None:
+    def __init__(self, *, root: str = "data/audio", val_fraction: UnitInterval = 0.1,
+                 test_fraction: UnitInterval = 0.1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if not (0 <= val_fraction and 0 <= test_fraction and val_fraction + test_fraction < 1):
-            raise ValueError("val_fraction and test_fraction must be >= 0 with sum < 1")
+        if val_fraction + test_fraction >= 1:
+            raise ValueError(f"val_fraction + test_fraction must be < 1 (training files are "
+                             f"left), got {val_fraction} + {test_fraction}")
         self.root = Path(root).expanduser()
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self._all: list[Utterance] | None = None
@@ -359,12 +340,12 @@ class AudioFolderDataModule(SpeechDataModule):
 
     def load_split(self, split: str) -> list[Utterance]:
         if not self.root.is_dir():
-            raise FileNotFoundError(f"audio folder {str(self.root)!r} does not exist; set "
+            raise DataNotFoundError(f"audio folder {str(self.root)!r} does not exist; set "
                                     "data.root=<dir with audio and transcripts>")
         if self._split_dir("train") is not None:
             folder = self._split_dir(split)
             if folder is None:
-                raise FileNotFoundError(f"{self.root} has a train/ folder but no {split} folder "
+                raise DataNotFoundError(f"{self.root} has a train/ folder but no {split} folder "
                                         f"(one of {', '.join(_SPLIT_DIRS[split])})")
             found = self.scan(folder)
         else:
@@ -372,7 +353,7 @@ class AudioFolderDataModule(SpeechDataModule):
                 self._all = self.scan(self.root)
             found = [u for u in self._all if self._hash_split(u.audio) == split]
         if not found:
-            raise FileNotFoundError(f"no transcribed audio for the {split} split under "
+            raise DataNotFoundError(f"no transcribed audio for the {split} split under "
                                     f"{self.root} (*.trans.txt or transcripts.tsv)")
         return found
 

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import itertools
 import zlib
+from typing import Any
 
 import numpy as np
 import torch
 
+from mlnotes_zoo.constraints import PositiveInt, Seed
 from mlnotes_zoo.data.speech import SpeechDataModule, Utterance
 
 __all__ = ["SpokenSymbolsDataModule", "symbol_sounds", "render_utterance"]
@@ -175,18 +177,18 @@ class SpokenSymbolsDataModule(SpeechDataModule):
         self,
         *,
         vocab: str = "0123456789abcdef",
-        train_size: int = 3000,
-        val_size: int = 200,
-        test_size: int = 400,
-        min_symbols: int = 3,
-        max_symbols: int = 12,
-        sample_rate: int = 8000,
-        seed: int = 0,
-        **kwargs,
+        train_size: PositiveInt = 3000,
+        val_size: PositiveInt = 200,
+        test_size: PositiveInt = 400,
+        min_symbols: PositiveInt = 3,
+        max_symbols: PositiveInt = 12,
+        sample_rate: PositiveInt = 8000,
+        seed: Seed = 0,
+        **kwargs: Any,
     ) -> None:
         super().__init__(vocab=vocab, sample_rate=sample_rate, **kwargs)
-        if not 1 <= min_symbols <= max_symbols:
-            raise ValueError(f"need 1 <= min_symbols <= max_symbols, got {min_symbols}, "
+        if min_symbols > max_symbols:
+            raise ValueError(f"need min_symbols <= max_symbols, got {min_symbols}, "
                              f"{max_symbols}")
         self.sizes = {"train": train_size, "val": val_size, "test": test_size}
         self.min_symbols, self.max_symbols = min_symbols, max_symbols

@@ -8,17 +8,20 @@ characters anyway (a character's probability is the product of its bytes' probab
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from mlnotes_zoo.data.base import BadDataError
+from mlnotes_zoo.constraints import Field, NonNegativeInt, PositiveInt
+from mlnotes_zoo.data.base import BadDataError, DataModule, DataNotFoundError
 
 __all__ = ["TextDataModule", "default_corpus", "is_char_start"]
 
 VOCAB_SIZE = 256
+
+HeldOut = Annotated[float, Field(gt=0, lt=1, description="a share of the text held out")]
 
 
 def default_corpus() -> str:
@@ -48,7 +51,7 @@ class _Windows(Dataset):
         return chunk[:-1], chunk[1:]
 
 
-class TextDataModule(pl.LightningDataModule):
+class TextDataModule(DataModule):
     """Batches ``(x, y)`` of byte tokens (B, block_size), y = x shifted by one.
 
     The text is cut into consecutive train / val / test parts (the last ``val_fraction``
@@ -63,28 +66,28 @@ class TextDataModule(pl.LightningDataModule):
         batch_size: windows per batch.
         train_samples: random training windows per epoch.
         val_fraction, test_fraction: trailing parts of the text held out.
+        num_workers: DataLoader workers.
     """
 
     vocab_size = VOCAB_SIZE
 
-    def __init__(self, *, path: str | None = None, block_size: int = 128, batch_size: int = 64,
-                 train_samples: int = 1024, val_fraction: float = 0.05,
-                 test_fraction: float = 0.05, num_workers: int = 0) -> None:
-        super().__init__()
-        if not (0 < val_fraction and 0 < test_fraction and val_fraction + test_fraction < 1):
-            raise ValueError("val_fraction and test_fraction must be > 0 and sum to < 1")
+    def __init__(self, *, path: str | None = None, block_size: PositiveInt = 128,
+                 batch_size: PositiveInt = 64, train_samples: PositiveInt = 1024,
+                 val_fraction: HeldOut = 0.05, test_fraction: HeldOut = 0.05,
+                 num_workers: NonNegativeInt = 0) -> None:
+        super().__init__(batch_size=batch_size, num_workers=num_workers)
+        if val_fraction + test_fraction >= 1:
+            raise ValueError(f"val_fraction + test_fraction must be < 1 (the rest is "
+                             f"training text), got {val_fraction} + {test_fraction}")
         self.path = None if path is None else str(Path(path).expanduser())
-        self.block_size, self.batch_size, self.train_samples = block_size, batch_size, \
-            train_samples
+        self.block_size, self.train_samples = block_size, train_samples
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
-        self.num_workers = num_workers
-        self.splits: dict[str, _Windows] = {}
 
     def read_text(self) -> str:
         if self.path is None:
             return default_corpus()
         if not Path(self.path).is_file():
-            raise FileNotFoundError(f"text file not found: {self.path!r} (set data.path=<file>)")
+            raise DataNotFoundError(f"text file not found: {self.path!r} (set data.path=<file>)")
         raw = Path(self.path).read_bytes()
         if not raw.strip():
             raise BadDataError(f"{self.path}: the text file is empty")
@@ -119,17 +122,7 @@ class TextDataModule(pl.LightningDataModule):
         }
 
     def train_dataloader(self) -> DataLoader:
+        # train_samples windows at random offsets (with replacement) per epoch
         sampler = RandomSampler(self.splits["train"], replacement=True,
                                 num_samples=self.train_samples)
-        return DataLoader(self.splits["train"], batch_size=self.batch_size, sampler=sampler,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
-
-    def _eval_loader(self, split: str) -> DataLoader:
-        return DataLoader(self.splits[split], batch_size=self.batch_size, shuffle=False,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._eval_loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._eval_loader("test")
+        return self.loader(self.splits["train"], sampler=sampler)
