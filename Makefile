@@ -1,6 +1,6 @@
 # Two commands do everything (each sets up .venv on first use, idempotently):
 #   make train            # python train.py model=vae on the embedded digits, prints test metrics
-#   make test             # the whole test suite
+#   make test             # the import contracts (lint-imports), then the whole test suite
 # Other overrides: make train ARGS="model=vae trainer.max_epochs=10"
 
 PYTHON ?= python3
@@ -25,8 +25,10 @@ $(STAMP): requirements.lock pyproject.toml
 train: $(STAMP)
 	$(BIN)/python train.py $(ARGS)
 
+# The dependency contracts (pyproject.toml [tool.importlinter]) first, then the tests;
 # pytest exits 5 when it collects no tests: report it instead of failing.
 test: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
 
