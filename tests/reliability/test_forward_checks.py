@@ -1,5 +1,5 @@
 """Bad input to a network: a tensor of the wrong rank, size or dtype is a ValueError that
-names the argument and the expected shape (models/_checks.py), for every registered model."""
+names the argument and the expected shape (models/shared.py), for every registered model."""
 
 from __future__ import annotations
 

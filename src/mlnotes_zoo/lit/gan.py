@@ -39,7 +39,7 @@ class LitGAN(ZooModule):
 
     Metrics (``val/…`` each epoch, ``test/…`` after fitting), in the feature space of a
     small classifier trained once on the training split
-    (:mod:`mlnotes_zoo.metrics.digits_classifier`):
+    (:mod:`mlnotes_zoo.models.gan.fid_classifier`):
     ``fid`` of samples vs the split; at test also ``fid_floor`` (real training images vs the
     test split, the same numbers of images: the best a generator can score),
     ``class_coverage`` (fraction of classes the samples cover) and ``classifier_acc``.

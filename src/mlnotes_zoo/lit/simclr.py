@@ -1,6 +1,6 @@
 """LightningModule for SimCLR / SupCon: contrastive training, frozen-feature evaluation.
 
-Training: two random views of each image (``data/augment.py``), one forward of both, and
+Training: two random views of each image (``ContrastiveAugment``), one forward of both, and
 NT-Xent (``loss="nt_xent"``, self-supervised) or SupCon (``loss="supcon"``, labels) on the
 projections. Evaluation freezes the encoder and classifies its features h:
 
