@@ -24,9 +24,9 @@ from __future__ import annotations
 import json
 import os
 import re
-from importlib import metadata
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from importlib import metadata
 from os import PathLike
 from pathlib import Path
 from typing import Any

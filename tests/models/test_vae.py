@@ -16,7 +16,6 @@ from mlnotes_zoo.models.vae import (
 )
 
 
-
 def test_analytic_kl_matches_monte_carlo_and_torch_distributions():
     torch.manual_seed(0)
     mu, logvar = torch.randn(3, 5), torch.randn(3, 5) * 0.5
