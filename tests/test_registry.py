@@ -45,16 +45,16 @@ def test_unknown_kwarg_is_an_error():
 
 def test_kwargs_are_checked_against_the_annotated_ranges():
     # the ranges live in the builders' signatures; create_model checks every kwarg once
-    with pytest.raises(ValueError, match=r"^vae: latent_dim=0: input should be greater than "
-                                         r"or equal to 1$"):
+    with pytest.raises(ValueError, match=r"^vae: latent_dim=0: must be an integer >= 1$"):
         create_model("vae", latent_dim=0)
-    with pytest.raises(ValueError, match=r"^vae: arch='transformer': input should be 'mlp' "
-                                         r"or 'conv'$"):
+    with pytest.raises(ValueError, match=r"^vae: arch='transformer': must be one of 'mlp', "
+                                         r"'conv'$"):
         create_model("vae", arch="transformer")
-    with pytest.raises(ValueError, match=r"^vae: in_shape\[1\]=\[1, 0, 8\]: input should be "
-                                         r"greater than or equal to 1$"):
+    with pytest.raises(ValueError, match=r"^vae: in_shape=\[1, 0, 8\]: must be a list of 3 "
+                                         r"integers, each >= 1$"):
         create_model("vae", in_shape=[1, 0, 8])
-    with pytest.raises(ValueError, match=r"^vae: in_shape=\(8, 8\): too few items$"):
+    with pytest.raises(ValueError, match=r"^vae: in_shape=\(8, 8\): must be a list of 3 "
+                                         r"integers, each >= 1$"):
         create_model("vae", in_shape=(8, 8))
     assert create_model("vae", in_shape=[1, 8, 8]).in_shape == (1, 8, 8)  # YAML gives lists
 

@@ -8,20 +8,19 @@ The kwargs are checked against the builder's annotations before it runs (the ran
 the signature, ``latent_dim: PositiveInt``; see :mod:`mlnotes_zoo.constraints`), so the
 Python API, a checkpoint's spec and a config's ``net`` node pass through the same check.
 
-A leaf module: it imports nothing of the zoo. Importing :mod:`mlnotes_zoo` (the package)
+A leaf module: of the zoo it imports only the leaves :mod:`mlnotes_zoo.constraints` (the
+check) and :mod:`mlnotes_zoo.errors`. Importing :mod:`mlnotes_zoo` (the package)
 imports :mod:`mlnotes_zoo.models`, which registers every built-in family.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
-import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from pydantic import ConfigDict, TypeAdapter, ValidationError
 from torch import nn
+
+from mlnotes_zoo.constraints import check_arguments
 
 __all__ = ["register_model", "create_model", "list_models", "get_builder", "check_kwargs"]
 
@@ -66,8 +65,9 @@ def get_builder(name: str) -> Callable[..., nn.Module]:
 def create_model(name: str, **kwargs: Any) -> nn.Module:
     """Build the registered network ``name`` with keyword arguments ``kwargs``.
 
-    A value outside its annotated type or range is a ``ValueError`` naming the model, the
-    key, the value and what is allowed; an unknown key is the builder's ``TypeError``.
+    A value outside its annotated type or range is a :class:`~mlnotes_zoo.errors.UsageError`
+    (a ``ValueError``) naming the model, the key, the value and what is allowed; an unknown
+    key is the builder's ``TypeError``.
     (Loading weights: :func:`mlnotes_zoo.create_model` with ``weights=``.)
     """
     builder = get_builder(name)
@@ -78,59 +78,7 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
 
 
 def check_kwargs(name: str, kwargs: Mapping[str, Any]) -> None:
-    """Raise ``ValueError`` for the first kwarg that does not fit the builder's annotation."""
-    adapters = _adapters(get_builder(name))
-    for key, value in kwargs.items():
-        if key not in adapters:
-            continue
-        adapter, note = adapters[key]
-        try:
-            adapter.validate_python(_plain(value))
-        except ValidationError as err:
-            first = err.errors()[0]
-            missing = first["type"] == "missing"  # a tuple of fixed length given too few items
-            where = "" if missing else "".join(f"[{i}]" for i in first["loc"])
-            msg = "too few items" if missing else first["msg"][0].lower() + first["msg"][1:]
-            raise ValueError(f"{name}: {key}{where}={value!r}: {msg}"
-                             + (f" ({note})" if note else "")) from None
-
-
-_CONFIG = ConfigDict(arbitrary_types_allowed=True)
-
-
-@functools.cache
-def _adapters(builder: Callable[..., Any]) -> dict[str, tuple[TypeAdapter, str]]:
-    """(pydantic validator, description) per annotated keyword parameter of a builder."""
-    fn = builder.__init__ if inspect.isclass(builder) else builder
-    try:
-        hints = typing.get_type_hints(fn, include_extras=True)
-        params = inspect.signature(fn).parameters
-    except Exception:  # noqa: BLE001 - unresolvable annotations: the builder checks alone
-        return {}
-    adapters = {}
-    for key, param in params.items():
-        if key in hints and param.kind in (param.KEYWORD_ONLY, param.POSITIONAL_OR_KEYWORD):
-            try:
-                adapters[key] = TypeAdapter(hints[key], config=_CONFIG), _description(hints[key])
-            except Exception:  # noqa: BLE001 - a type pydantic cannot check (a callable, ...)
-                continue
-    return adapters
-
-
-def _description(annotation: Any) -> str:
-    """The ``Field(description=...)`` of an ``Annotated`` parameter, if any."""
-    if typing.get_origin(annotation) is not typing.Annotated:
-        return ""
-    for meta in typing.get_args(annotation)[1:]:
-        if getattr(meta, "description", None):
-            return meta.description
-    return ""
-
-
-def _plain(value: Any) -> Any:
-    """Sequences (OmegaConf's ListConfig included) as lists, mappings as dicts."""
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
-        return [_plain(v) for v in value]
-    return value
+    """Raise :class:`~mlnotes_zoo.errors.UsageError` for the first kwarg that does not fit the
+    builder's annotation: ``vae: latent_dim=0: must be an integer >= 1``, the check and the
+    words of the command line (:func:`mlnotes_zoo.constraints.check_arguments`)."""
+    check_arguments(get_builder(name), kwargs, where=f"{name}: ")
