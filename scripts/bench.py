@@ -97,7 +97,8 @@ def overhead_once(model: str = "vae", epochs: int = 21, *overrides: str) -> dict
                 ours["train"] += marks.pop("val", now) - marks["start"]
                 ours["full"] += now - marks["start"]
 
-    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c] + [Clock()]
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c and "_target_" in c]
+    callbacks.append(Clock())
     loggers = [instantiate(c) for c in cfg.logger.values() if c]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     trainer.fit(lit, datamodule=datamodule)

@@ -5,9 +5,9 @@ What a checkpoint holds, and who restores it when training continues:
 - weights, optimizer states (both of the GAN's), LR schedulers, loop counters, callback
   states and AMP's loss scale (``MixedPrecision``): Lightning;
 - the random state of torch (CPU and CUDA), NumPy and Python's ``random``: Lightning does
-  not keep it, :class:`~mlnotes_zoo.lit.base.ZooModule` does (:func:`rng_state`). With it
-  the next epoch shuffles its batches, and the model draws its noise, exactly as the
-  uninterrupted run would.
+  not keep it, the :class:`RandomState` callback does (``configs/callbacks/default.yaml``
+  adds it). With it the next epoch shuffles its batches, and the model draws its noise,
+  exactly as the uninterrupted run would.
 
 ``last.ckpt`` is written after every validation, i.e. at the end of an epoch, and that is
 where a resumed run is exact. A checkpoint written mid-epoch (``val_check_interval < 1``,
@@ -25,12 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytorch_lightning as pl
 import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from mlnotes_zoo.errors import ZooError
 from mlnotes_zoo.weights import atomic_path, safe_torch_load
 
-__all__ = ["AtomicCheckpointIO", "rng_state", "set_rng_state", "ResumeError",
+__all__ = ["AtomicCheckpointIO", "RandomState", "rng_state", "set_rng_state", "ResumeError",
            "resume_checkpoint", "expand_resume", "continue_csv_logs"]
 
 
@@ -64,6 +66,41 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 # -- random state -------------------------------------------------------------------------
+class RandomState(pl.Callback):
+    """Keeps the global random state (:func:`rng_state`) in every checkpoint and restores it
+    when training resumes from one, at the moment the uninterrupted run would be at it.
+
+    That moment is ``on_fit_start``: the training DataLoader's iterator, created before
+    ``on_train_start``, draws its base seed (the epoch's batch order) from torch's generator.
+    Strategies that restore a checkpoint only after ``on_fit_start`` get the state when it is
+    loaded, which is still before that draw. ``trainer.test(ckpt_path=...)`` and
+    ``load_from_checkpoint`` leave the random state alone.
+    """
+
+    def __init__(self) -> None:
+        self._fitting = False
+        self._pending: dict[str, Any] | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._fitting = stage == "fit"  # setup runs before any checkpoint is restored
+
+    def state_dict(self) -> dict[str, Any]:
+        return rng_state()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self._fitting:
+            self._pending = state_dict
+            set_rng_state(state_dict)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._pending is not None:
+            set_rng_state(self._pending)
+        self._pending = None
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._fitting, self._pending = False, None
+
+
 def rng_state() -> dict[str, Any]:
     """The global random state of torch, CUDA, NumPy and ``random`` as tensors and plain
     values (loadable with ``weights_only=True``)."""
@@ -96,7 +133,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 # -- resume=<run dir> | auto --------------------------------------------------------------
-class ResumeError(ValueError):
+class ResumeError(ZooError, ValueError):
     """A resume request that cannot be met; the message is one line for the user."""
 
 

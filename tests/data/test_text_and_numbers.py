@@ -14,7 +14,7 @@ from mlnotes_zoo.data.seq2seq_numbers import (
     encode_pairs,
     number_to_words,
 )
-from mlnotes_zoo.data.text import TextDataModule, default_corpus, is_char_start
+from mlnotes_zoo.data.text import TextDataModule, default_corpus
 
 
 @pytest.mark.parametrize("n, words", [
@@ -60,7 +60,6 @@ def test_text_datamodule_reads_a_utf8_file_as_byte_windows(tmp_path):
     torch.testing.assert_close(x[:, 1:], y[:, :-1])
     assert bytes(x[1].tolist()) == data[start + 8 : start + 16]  # non-overlapping windows
     assert sum(b.shape[0] for b, _ in dm.train_dataloader()) == 12
-    assert int(is_char_start(torch.tensor(list(data))).sum()) == len(text)
 
 
 def test_text_default_corpus_ships_with_python_and_errors_name_the_file(tmp_path):

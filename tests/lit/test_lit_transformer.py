@@ -5,8 +5,27 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
+from mlnotes_zoo.data.seq2seq_numbers import BOS_ID, EOS_ID, PAD_ID, VOCAB, encode_pairs
+from mlnotes_zoo.lit.transformer import detokenize, is_char_start
 from mlnotes_zoo.train import main
+
+
+def test_bits_per_char_counts_characters_not_bytes():
+    text = "héllo wörld, " * 40  # 520 characters, 600 bytes
+    data = text.encode("utf-8")
+    assert int(is_char_start(torch.tensor(list(data))).sum()) == len(text)
+
+
+def test_samples_spell_tokens_with_the_vocabulary_as_the_data_does():
+    src, tgt = encode_pairs([4071, 5])
+    skip = (PAD_ID, BOS_ID)
+    assert detokenize(src[0], VOCAB, eos_id=EOS_ID, skip=skip) == "4071"
+    assert detokenize(src[1], VOCAB, eos_id=EOS_ID, skip=skip) == "5"
+    assert detokenize(tgt[0], VOCAB, eos_id=EOS_ID, skip=skip) == "four thousand seventy one"
+    assert detokenize(torch.tensor([BOS_ID, 5, EOS_ID, 6]), None, eos_id=EOS_ID,
+                      skip=skip) == "5"  # no vocabulary: the ids
 
 
 @pytest.mark.slow

@@ -2,7 +2,8 @@
 
 Text is modelled as UTF-8 bytes (vocabulary 256), so any file works with a fixed model
 size; for ASCII text a byte is a character, and bits per character are computed over
-characters anyway (a character's probability is the product of its bytes' probabilities).
+characters anyway (a character's probability is the product of its bytes' probabilities;
+:func:`mlnotes_zoo.lit.transformer.is_char_start` finds where characters begin).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 from mlnotes_zoo.constraints import Field, NonNegativeInt, PositiveInt
 from mlnotes_zoo.data.base import BadDataError, DataModule, DataNotFoundError
 
-__all__ = ["TextDataModule", "default_corpus", "is_char_start"]
+__all__ = ["TextDataModule", "default_corpus"]
 
 VOCAB_SIZE = 256
 
@@ -30,11 +31,6 @@ def default_corpus() -> str:
     from pydoc_data.topics import topics
 
     return "\n\n".join(topics[k] for k in sorted(topics))
-
-
-def is_char_start(byte_tokens: Tensor) -> Tensor:
-    """True at bytes that begin a UTF-8 character (not continuation bytes 0b10xxxxxx)."""
-    return (byte_tokens & 0xC0) != 0x80
 
 
 class _Windows(Dataset):

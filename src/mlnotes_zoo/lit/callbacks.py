@@ -12,15 +12,23 @@ from PIL import Image
 from pytorch_lightning.loggers import TensorBoardLogger
 from torch import Tensor
 
+from mlnotes_zoo.constraints import NonNegativeInt, PositiveInt
+
 
 class SavePictures(pl.Callback):
     """Writes ``pl_module.pictures(first val batch)`` as PNGs after each validation epoch.
 
     Files: ``<dirpath>/<name>_epoch<NNN>.png`` plus ``<name>.png`` for the latest, and the
     same grids in TensorBoard when a TensorBoardLogger is attached. Only rank 0 writes.
+
+    Args:
+        dirpath: folder of the PNGs.
+        every_n_epochs: draw after every n-th validation epoch.
+        min_size: small grids are enlarged (nearest) to at least this many pixels across.
     """
 
-    def __init__(self, *, dirpath: str, every_n_epochs: int = 1, min_size: int = 256) -> None:
+    def __init__(self, *, dirpath: str, every_n_epochs: PositiveInt = 1,
+                 min_size: NonNegativeInt = 256) -> None:
         super().__init__()
         self.dirpath = Path(dirpath)
         self.every_n_epochs = every_n_epochs

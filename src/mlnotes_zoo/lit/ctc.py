@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
+from mlnotes_zoo.constraints import PositiveInt
 from mlnotes_zoo.lit.base import OptimizerFactory, SchedulerFactory, ZooModule
 from mlnotes_zoo.models.ctc import (
     CTCSpeechModel,
@@ -32,7 +33,7 @@ class LitCTC(ZooModule):
         net: the network (or its registry spec when loaded from a checkpoint).
         test_decoder: ``"greedy"`` or ``"beam"``.
         beam_width: prefix beam search width.
-        optimizer, scheduler, monitor, monitor_mode: see
+        optimizer, scheduler, activation_checkpointing: see
             :class:`~mlnotes_zoo.lit.base.ZooModule`.
     """
 
@@ -43,19 +44,12 @@ class LitCTC(ZooModule):
         *,
         net: nn.Module | Mapping[str, Any],
         test_decoder: Literal["greedy", "beam"] = "beam",
-        beam_width: int = 8,
+        beam_width: PositiveInt = 8,
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
-        monitor: str = "val/cer",
-        monitor_mode: Literal["min", "max"] = "min",
         **base_kwargs: Any,
     ) -> None:
-        super().__init__(net=net, optimizer=optimizer, scheduler=scheduler, monitor=monitor,
-                         monitor_mode=monitor_mode, **base_kwargs)
-        if test_decoder not in ("greedy", "beam"):
-            raise ValueError(f"test_decoder must be 'greedy' or 'beam', got {test_decoder!r}")
-        if beam_width < 1:
-            raise ValueError(f"beam_width must be >= 1, got {beam_width}")
+        super().__init__(net=net, optimizer=optimizer, scheduler=scheduler, **base_kwargs)
         self.test_decoder = test_decoder
         self.beam_width = beam_width
         self.cer = nn.ModuleDict({"val": CharErrorRate(), "test": CharErrorRate()})
@@ -86,11 +80,9 @@ class LitCTC(ZooModule):
         return out
 
     def on_validation_epoch_end(self) -> None:
-        super().on_validation_epoch_end()
         self._log_error_rates("val")
 
     def on_test_epoch_end(self) -> None:
-        super().on_test_epoch_end()
         self._log_error_rates("test")
 
     def _log_error_rates(self, stage: str) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -34,9 +34,9 @@ class LitDetection(ZooModule):
         mask_threshold: probability above which a predicted mask pixel is foreground.
         picture_score_threshold: detections drawn in the PNGs score at least this.
         num_pictures: validation images drawn per epoch.
-        optimizer, scheduler, monitor, monitor_mode: see
+        optimizer, scheduler, activation_checkpointing: see
             :class:`~mlnotes_zoo.lit.base.ZooModule` (the best checkpoint maximises
-            ``val/box_map_50`` by default).
+            ``val/box_map_50``: configs/schedule/faster_rcnn.yaml).
     """
 
     net: FasterRCNN
@@ -50,12 +50,9 @@ class LitDetection(ZooModule):
         num_pictures: NonNegativeInt = 8,
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
-        monitor: str = "val/box_map_50",
-        monitor_mode: Literal["min", "max"] = "max",
         **base_kwargs: Any,
     ) -> None:
-        super().__init__(net=net, optimizer=optimizer, scheduler=scheduler, monitor=monitor,
-                         monitor_mode=monitor_mode, **base_kwargs)
+        super().__init__(net=net, optimizer=optimizer, scheduler=scheduler, **base_kwargs)
         self.mask_threshold = mask_threshold
         self.picture_score_threshold = picture_score_threshold
         self.num_pictures = num_pictures

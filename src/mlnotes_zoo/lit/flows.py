@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 from torchvision.utils import make_grid
 
+from mlnotes_zoo.constraints import Field, NonNegativeInt, PositiveFloat
 from mlnotes_zoo.lit.base import OptimizerFactory, SchedulerFactory, ZooModule
 from mlnotes_zoo.models.flows import (
     MultiScaleFlow,
@@ -26,7 +28,8 @@ class LitFlow(ZooModule):
     Logged per stage: ``loss`` (= ``bpd``), ``bpd``, ``nll`` (nats per image), ``log_pz`` and
     ``log_det`` (the two terms of the change of variables). At test time also
     ``gaussian_bpd``: a full-covariance Gaussian fitted to the dequantized training split,
-    the baseline the flow must beat.
+    the baseline the flow must beat (its images come from the DataModule's
+    ``reference_data("train")``).
 
     Args:
         net: the flow (or its registry spec when loaded from a checkpoint).
@@ -36,7 +39,7 @@ class LitFlow(ZooModule):
             always drawn at 1.
         num_pictures: samples per grid.
         gaussian_baseline: fit and report the Gaussian baseline at test time.
-        optimizer, scheduler, monitor, monitor_mode: see
+        optimizer, scheduler, activation_checkpointing: see
             :class:`~mlnotes_zoo.lit.base.ZooModule`.
     """
 
@@ -46,20 +49,15 @@ class LitFlow(ZooModule):
         self,
         *,
         net: nn.Module | Mapping[str, Any],
-        levels: int | None = None,
-        temperature: float = 0.7,
-        num_pictures: int = 64,
+        levels: Annotated[int, Field(ge=2, description="discrete pixel levels")] | None = None,
+        temperature: PositiveFloat = 0.7,
+        num_pictures: NonNegativeInt = 64,
         gaussian_baseline: bool = True,
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
         **base_kwargs: Any,
     ) -> None:
-        base_kwargs.setdefault("monitor", "val/bpd")
         super().__init__(net=net, optimizer=optimizer, scheduler=scheduler, **base_kwargs)
-        if levels is not None and levels < 2:
-            raise ValueError(f"levels must be >= 2, got {levels}")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
         self.levels = levels
         self.temperature = temperature
         self.num_pictures = num_pictures
@@ -86,11 +84,15 @@ class LitFlow(ZooModule):
         return out
 
     def on_test_epoch_start(self) -> None:
-        super().on_test_epoch_start()
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if self.gaussian_baseline and datamodule is not None:
-            datamodule.setup("fit")
-            images = (batch[0] for batch in datamodule.train_dataloader())
+        datamodule = self.trainer.datamodule
+        if self.gaussian_baseline and hasattr(datamodule, "reference_data"):
+            # The training images shuffled by the global random stream, in batches of the
+            # test loader's size: the draws and batches of the training loader this baseline
+            # was first measured with (its dequantization noise goes batch by batch).
+            train = datamodule.reference_data("train")
+            batch_size = getattr(self.trainer.test_dataloaders, "batch_size", None) or 256
+            images = (batch[0] for batch in DataLoader(train, batch_size=batch_size,
+                                                       shuffle=True))
             self._gaussian = fit_gaussian(images, levels=self.num_levels)
 
     @torch.no_grad()

@@ -11,6 +11,13 @@ import torch
 from torch import Tensor, nn
 from torchvision.utils import make_grid
 
+from mlnotes_zoo.constraints import (
+    Fraction,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveInt,
+    Seed,
+)
 from mlnotes_zoo.lit.base import OptimizerFactory, ZooModule, _batch_size
 from mlnotes_zoo.models.gan import (
     GAN,
@@ -25,8 +32,6 @@ from mlnotes_zoo.models.gan import (
     wasserstein_generator_loss,
 )
 
-OBJECTIVES = ("non_saturating", "wasserstein")
-
 
 class LitGAN(ZooModule):
     """Trains :class:`~mlnotes_zoo.models.gan.GAN` by alternating discriminator and
@@ -39,7 +44,8 @@ class LitGAN(ZooModule):
 
     Metrics (``val/…`` each epoch, ``test/…`` after fitting), in the feature space of a
     small classifier trained once on the training split
-    (:mod:`mlnotes_zoo.models.gan.fid_classifier`):
+    (:mod:`mlnotes_zoo.models.gan.fid_classifier`), with the real images of the DataModule's
+    ``reference_data`` (none without a DataModule):
     ``fid`` of samples vs the split; at test also ``fid_floor`` (real training images vs the
     test split, the same numbers of images: the best a generator can score),
     ``class_coverage`` (fraction of classes the samples cover) and ``classifier_acc``.
@@ -57,7 +63,7 @@ class LitGAN(ZooModule):
         coverage_min_share: a class is covered when it gets ≥ this share of N / K samples.
         num_pictures: images in the sample grid.
         eval_seed: seed of the fixed noise for validation/test samples and grids.
-        monitor, monitor_mode, …: see :class:`~mlnotes_zoo.lit.base.ZooModule`.
+        activation_checkpointing: see :class:`~mlnotes_zoo.lit.base.ZooModule`.
     """
 
     net: GAN
@@ -67,33 +73,26 @@ class LitGAN(ZooModule):
         *,
         net: nn.Module | Mapping[str, Any],
         objective: Literal["non_saturating", "wasserstein"] = "non_saturating",
-        n_critic: int = 1,
-        gp_weight: float = 0.0,
+        n_critic: PositiveInt = 1,
+        gp_weight: NonNegativeFloat = 0.0,
         gen_optimizer: OptimizerFactory | None = None,
         disc_optimizer: OptimizerFactory | None = None,
         classifier_dir: str | None = "data/classifiers",
-        classifier_steps: int = 1500,
-        fid_max_samples: int = 10000,
-        coverage_min_share: float = 0.5,
-        num_pictures: int = 64,
-        eval_seed: int = 1234,
+        classifier_steps: PositiveInt = 1500,
+        fid_max_samples: PositiveInt = 10000,
+        coverage_min_share: Fraction = 0.5,
+        num_pictures: NonNegativeInt = 64,
+        eval_seed: Seed = 1234,
         **base_kwargs: Any,
     ) -> None:
         for key in ("optimizer", "scheduler"):
             if base_kwargs.get(key) is not None:
                 raise ValueError(f"LitGAN trains two networks: set gen_optimizer and "
                                  f"disc_optimizer, not {key}= (it would be ignored)")
-        base_kwargs.setdefault("monitor", "val/fid")
         super().__init__(net=net, **base_kwargs)
         for name in ("gen_optimizer", "disc_optimizer"):  # partials: not checkpoint material
             self.hparams.pop(name, None)
             self._hparams_initial.pop(name, None)
-        if objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-        if n_critic < 1:
-            raise ValueError(f"n_critic must be >= 1, got {n_critic}")
-        if gp_weight < 0:
-            raise ValueError(f"gp_weight must be >= 0, got {gp_weight}")
         self.automatic_optimization = False  # two optimizers, alternating: we step them
         self.objective = objective
         self.n_critic = n_critic
@@ -168,12 +167,8 @@ class LitGAN(ZooModule):
             out["gen_loss"] = gen_loss.detach()
         out["loss"] = out["disc_loss"].detach()
 
-        if self._trainer is not None and self.trainer._logger_connector.should_update_logs:
-            n = _batch_size(batch)
-            parts = {f"train/{k}": v.detach() for k, v in out.items() if k != "loss"}
-            self.log_dict(parts, on_step=True, on_epoch=False, batch_size=n)
-            self.log("train/loss", out["loss"], prog_bar=True, on_step=True, on_epoch=False,
-                     batch_size=n)
+        if self.logs_this_step(self.disc_steps - 1):  # batches trained on before this one
+            self.log_outputs("train", out, _batch_size(batch))
         return out
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
@@ -191,16 +186,13 @@ class LitGAN(ZooModule):
         return out
 
     def on_validation_epoch_start(self) -> None:
-        super().on_validation_epoch_start()
         self._step_generator = torch.Generator().manual_seed(self.eval_seed + 1)
 
     def on_test_epoch_start(self) -> None:
-        super().on_test_epoch_start()
         self._step_generator = torch.Generator().manual_seed(self.eval_seed + 1)
 
     def on_validation_epoch_end(self) -> None:
-        super().on_validation_epoch_end()
-        if self.trainer.sanity_checking or not self._has_image_splits():
+        if self.trainer.sanity_checking or not self._has_reference_data():
             return
         evaluator = self._evaluator()
         fid = evaluator["val_fid"]
@@ -214,8 +206,7 @@ class LitGAN(ZooModule):
         self.log("val/fid", fid.compute().float(), prog_bar=True)
 
     def on_test_epoch_end(self) -> None:
-        super().on_test_epoch_end()
-        if not self._has_image_splits():
+        if not self._has_reference_data():
             return
         evaluator = self._evaluator()
         classifier = evaluator["classifier"]
@@ -257,30 +248,27 @@ class LitGAN(ZooModule):
         self.net.train(was_training)
         return out
 
-    def _has_image_splits(self) -> bool:
+    def _has_reference_data(self) -> bool:
         dm = self._trainer.datamodule if self._trainer is not None else None
-        return dm is not None and hasattr(dm, "splits") and {"train", "val", "test"} <= set(
-            dm.splits)
+        return hasattr(dm, "reference_data")
 
     def _split(self, name: str) -> tuple[Tensor, Tensor]:
-        dm = self.trainer.datamodule
-        if name not in dm.splits:
-            dm.setup("test" if name == "test" else "fit")
-        return dm.splits[name].tensors
+        """(images (N, C, H, W) in [0, 1], labels (N,)) of a whole split."""
+        return self.trainer.datamodule.reference_data(name).tensors
 
     def setup(self, stage: str) -> None:
         # train or load the classifier here, before the first validation: a hook that runs
         # outside the evaluation loops, so its training is not under inference mode
-        if self._has_image_splits():
+        if self._has_reference_data():
             self._evaluator()
 
     def _evaluator(self) -> dict[str, Any]:
         """The cached classifier and the validation FID metric, built on first use."""
         if not self._eval:
-            dm = self.trainer.datamodule
+            train_x, train_y = self._split("train")
             classifier, accuracy = load_or_train_classifier(
-                self.classifier_dir, self._split("train"), self._split("test"),
-                num_classes=getattr(dm, "num_classes", 10), steps=self.classifier_steps)
+                self.classifier_dir, (train_x, train_y), self._split("test"),
+                num_classes=int(train_y.max()) + 1, steps=self.classifier_steps)
             self._eval = {
                 "classifier_device": torch.device("cpu"),
                 "classifier": classifier,
@@ -315,8 +303,9 @@ class LitGAN(ZooModule):
 
     # -- exact resume ----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Lightning keeps both optimizers' states, ZooModule the random state (next noise,
-        # interpolation ε, data order); the update counter decides which batches update G.
+        # Lightning keeps both optimizers' states, the RandomState callback the random state
+        # (next noise, interpolation ε, data order); the update counter decides which batches
+        # update G and which steps are logged.
         super().on_save_checkpoint(checkpoint)
         checkpoint["gan"] = {"disc_steps": self.disc_steps}
 

@@ -16,11 +16,12 @@ from typing import Any, Literal
 import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor, nn
-from torchmetrics import MeanMetric, SpearmanCorrCoef
+from torchmetrics import MeanMetric, Metric, SpearmanCorrCoef
 from torchvision.transforms.functional import pil_to_tensor
 
+from mlnotes_zoo.constraints import NonNegativeFloat, Probability
 from mlnotes_zoo.lit.base import OptimizerFactory, SchedulerFactory, ZooModule
-from mlnotes_zoo.models.pondernet import HALTING_RULES, PonderNet, expected_steps, ponder_loss
+from mlnotes_zoo.models.pondernet import PonderNet, expected_steps, ponder_loss
 
 
 class LitPonderNet(ZooModule):
@@ -36,7 +37,7 @@ class LitPonderNet(ZooModule):
         threshold: the cumulative halting probability of the ``"threshold"`` rule.
         grad_clip: gradient-norm clipping used when the trainer sets none (the recurrent
             step is applied N times; labml clips at 1 as well). 0 disables it.
-        optimizer, scheduler, monitor, monitor_mode: see
+        optimizer, scheduler, activation_checkpointing: see
             :class:`~mlnotes_zoo.lit.base.ZooModule`.
 
     Logged: ``loss``, ``reconstruction``, ``kl``, ``acc`` (prediction at the halting step),
@@ -51,30 +52,24 @@ class LitPonderNet(ZooModule):
         self,
         *,
         net: nn.Module | Mapping[str, Any],
-        beta: float = 0.01,
-        lambda_p: float = 0.2,
+        beta: NonNegativeFloat = 0.01,
+        lambda_p: Probability = 0.2,
         halting: Literal["sample", "threshold"] = "sample",
-        threshold: float = 0.5,
-        grad_clip: float = 1.0,
+        threshold: Probability = 0.5,
+        grad_clip: NonNegativeFloat = 1.0,
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
         **base_kwargs: Any,
     ) -> None:
         super().__init__(net=net, optimizer=optimizer, scheduler=scheduler, **base_kwargs)
-        if beta < 0:
-            raise ValueError(f"beta must be >= 0, got {beta}")
-        if not 0 < lambda_p <= 1:
-            raise ValueError(f"lambda_p must be in (0, 1], got {lambda_p}")
-        if halting not in HALTING_RULES:
-            raise ValueError(f"halting must be one of {HALTING_RULES}, got {halting!r}")
-        if not 0 < threshold <= 1:
-            raise ValueError(f"threshold must be in (0, 1], got {threshold}")
         self.beta, self.lambda_p = beta, lambda_p
         self.halting, self.threshold = halting, threshold
         self.grad_clip = grad_clip
         self.acc_extrap = MeanMetric()
         self.steps_extrap = MeanMetric()
         self.steps_spearman = SpearmanCorrCoef()
+        self.halting_stats = HaltingStatistics(self.net.in_features + 1, self.net.max_steps)
+        self._halting_table: dict[str, Any] | None = None  # of the last validation epoch
 
     # -- the step ------------------------------------------------------------------------
     def model_step(self, batch: Any, stage: str) -> dict[str, Tensor]:
@@ -115,8 +110,7 @@ class LitPonderNet(ZooModule):
         p, steps = self._last_eval
         k = batch[2]
         if dataloader_idx == 0:
-            self._accumulate(out, batch)
-            self._max_train_k = max(self._max_train_k, int(k.max()))
+            self.log_outputs(stage, out, k.shape[0])
         else:
             n = k.shape[0]
             self.acc_extrap.update(out["acc"], weight=n)
@@ -124,34 +118,27 @@ class LitPonderNet(ZooModule):
         if stage == "test":
             self.steps_spearman.update(steps.float(), k.float())
         # Halting statistics per number of non-zero entries k, for the picture.
-        self._p_by_k.index_add_(0, k, p.T.float())
-        self._steps_by_k.index_add_(0, k, steps.float())
-        self._count_by_k.index_add_(0, k, torch.ones_like(k, dtype=torch.float))
+        self.halting_stats.update(k, steps, p, interpolation=dataloader_idx == 0)
         return out
 
     def on_validation_epoch_start(self) -> None:
-        super().on_validation_epoch_start()
-        size = (self.net.in_features + 1, self.net.max_steps)
-        self._p_by_k = torch.zeros(size, device=self.device)
-        self._steps_by_k = torch.zeros(size[0], device=self.device)
-        self._count_by_k = torch.zeros(size[0], device=self.device)
-        self._max_train_k = 0
+        self.halting_stats.reset()
 
     def on_test_epoch_start(self) -> None:
-        self.on_validation_epoch_start()
+        self.halting_stats.reset()
 
     def on_validation_epoch_end(self) -> None:
-        super().on_validation_epoch_end()
         self._log_extrapolation("val")
+        self._halting_table = self.halting_table()
 
     def on_test_epoch_end(self) -> None:
-        super().on_test_epoch_end()
         self._log_extrapolation("test")
         if self.steps_spearman.preds:
             self.log("test/steps_spearman", self.steps_spearman.compute())
         self.steps_spearman.reset()
-        if self.trainer.is_global_zero and self._count_by_k.sum() > 0:
-            self._write_halting_report(Path(self.trainer.default_root_dir))
+        table = self.halting_table()  # on every rank: the statistics are reduced over all
+        if self.trainer.is_global_zero and table is not None:
+            self._write_halting_report(Path(self.trainer.default_root_dir), table)
 
     def _log_extrapolation(self, stage: str) -> None:
         if self.acc_extrap.update_called:
@@ -160,24 +147,14 @@ class LitPonderNet(ZooModule):
         self.acc_extrap.reset()
         self.steps_extrap.reset()
 
-    def halting_table(self) -> dict[str, Any]:
-        """Per k (non-zero entries) seen this epoch: count, mean halting step, mean p(n | k)."""
-        counts = self.trainer.strategy.reduce(self._count_by_k, reduce_op="sum")
-        p_sum = self.trainer.strategy.reduce(self._p_by_k, reduce_op="sum")
-        steps_sum = self.trainer.strategy.reduce(self._steps_by_k, reduce_op="sum")
-        seen = counts > 0
-        ks = torch.nonzero(seen).squeeze(1)
-        return {
-            "k": ks.tolist(),
-            "count": counts[seen].long().tolist(),
-            "mean_steps": (steps_sum[seen] / counts[seen]).tolist(),
-            "halting_probs": (p_sum[seen] / counts[seen, None]).tolist(),
-            "train_max_nonzero": self._max_train_k,
-            "halting": self.halting,
-        }
+    def halting_table(self) -> dict[str, Any] | None:
+        """Per k (non-zero entries) seen this epoch: count, mean halting step, mean p(n | k);
+        None before any evaluation batch. Call it on every rank (it reduces over them)."""
+        if not self.halting_stats.update_called:
+            return None
+        return {**self.halting_stats.compute(), "halting": self.halting}
 
-    def _write_halting_report(self, root: Path) -> None:
-        table = self.halting_table()
+    def _write_halting_report(self, root: Path, table: Mapping[str, Any]) -> None:
         out = root / "pictures"
         out.mkdir(parents=True, exist_ok=True)
         (out / "halting_test.json").write_text(json.dumps(table, indent=1) + "\n")
@@ -188,9 +165,46 @@ class LitPonderNet(ZooModule):
     @torch.no_grad()
     def pictures(self, batch: Any) -> dict[str, Tensor]:
         # Called after the validation epoch: the statistics of all of it, not just `batch`.
-        if getattr(self, "_count_by_k", None) is None or self._count_by_k.sum() == 0:
+        if not self._halting_table:
             return {}
-        return {"halting": draw_halting(self.halting_table())}
+        return {"halting": draw_halting(self._halting_table)}
+
+
+class HaltingStatistics(Metric):
+    """Halting per number k of non-zero entries, summed over batches and ranks: examples,
+    Σ halting step and Σ p(n | x) per k, and the largest k of the interpolation set.
+
+    ``compute()``: ``{"k", "count", "mean_steps", "halting_probs", "train_max_nonzero"}``
+    over the k seen (lists, for the JSON report and :func:`draw_halting`).
+    """
+
+    full_state_update = False
+
+    def __init__(self, num_k: int, max_steps: int) -> None:
+        super().__init__()
+        self.add_state("count", torch.zeros(num_k), dist_reduce_fx="sum")
+        self.add_state("steps", torch.zeros(num_k), dist_reduce_fx="sum")
+        self.add_state("probs", torch.zeros(num_k, max_steps), dist_reduce_fx="sum")
+        self.add_state("train_max_k", torch.tensor(0), dist_reduce_fx="max")
+
+    def update(self, k: Tensor, steps: Tensor, halting_probs: Tensor, *,
+               interpolation: bool) -> None:
+        """k (B,) non-zero entries, steps (B,) halting steps, halting_probs (N, B)."""
+        self.probs.index_add_(0, k, halting_probs.T.float())
+        self.steps.index_add_(0, k, steps.float())
+        self.count.index_add_(0, k, torch.ones_like(k, dtype=torch.float))
+        if interpolation:
+            self.train_max_k = torch.maximum(self.train_max_k, k.max())
+
+    def compute(self) -> dict[str, Any]:
+        seen = self.count > 0
+        return {
+            "k": torch.nonzero(seen).squeeze(1).tolist(),
+            "count": self.count[seen].long().tolist(),
+            "mean_steps": (self.steps[seen] / self.count[seen]).tolist(),
+            "halting_probs": (self.probs[seen] / self.count[seen, None]).tolist(),
+            "train_max_nonzero": int(self.train_max_k),
+        }
 
 
 def draw_halting(table: Mapping[str, Any], cell: int = 14) -> Tensor:

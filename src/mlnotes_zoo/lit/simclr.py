@@ -21,18 +21,18 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 from torchvision.utils import make_grid
 
+from mlnotes_zoo.constraints import Field, NonNegativeInt, PositiveFloat, PositiveInt
 from mlnotes_zoo.lit.base import OptimizerFactory, SchedulerFactory, ZooModule
 from mlnotes_zoo.models.simclr import ContrastiveAugment, SimCLR, nt_xent, supcon
 
-LOSSES = ("nt_xent", "supcon")
+Temperature = Annotated[float, Field(gt=0, description="the contrastive temperature τ")]
 
 
 class LitSimCLR(ZooModule):
@@ -50,8 +50,10 @@ class LitSimCLR(ZooModule):
         probe_c: inverse L2 strength of the logistic-regression probe.
         baselines: also evaluate raw pixels and a randomly initialised encoder at test time.
         num_pictures: images shown with their two views in the ``views`` picture.
-        optimizer, scheduler, monitor, monitor_mode, activation_checkpointing: see
+        optimizer, scheduler, activation_checkpointing: see
             :class:`~mlnotes_zoo.lit.base.ZooModule`.
+
+    The labelled bank of the evaluation is the DataModule's ``reference_data("train")``.
     """
 
     net: SimCLR
@@ -61,29 +63,20 @@ class LitSimCLR(ZooModule):
         *,
         net: nn.Module | Mapping[str, Any],
         loss: Literal["nt_xent", "supcon"] = "nt_xent",
-        temperature: float = 0.5,
+        temperature: Temperature = 0.5,
         augment: Mapping[str, Any] | None = None,
-        knn_k: int | None = None,
-        labels_per_class: int = 10,
-        few_shot_draws: int = 5,
-        probe_c: float = 1.0,
+        knn_k: PositiveInt | None = None,
+        labels_per_class: PositiveInt = 10,
+        few_shot_draws: PositiveInt = 5,
+        probe_c: PositiveFloat = 1.0,
         baselines: bool = True,
-        num_pictures: int = 16,
+        num_pictures: NonNegativeInt = 16,
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
-        monitor: str = "val/knn_acc",
-        monitor_mode: Literal["min", "max"] = "max",
         activation_checkpointing: bool = False,
     ) -> None:
-        super().__init__(net=net, optimizer=optimizer, scheduler=scheduler, monitor=monitor,
-                         monitor_mode=monitor_mode,
+        super().__init__(net=net, optimizer=optimizer, scheduler=scheduler,
                          activation_checkpointing=activation_checkpointing)
-        if loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        if labels_per_class < 1 or few_shot_draws < 1:
-            raise ValueError("labels_per_class and few_shot_draws must be >= 1")
         self.loss_name = loss
         self.temperature = temperature
         self.augment = ContrastiveAugment(**dict(augment or {}))
@@ -124,15 +117,12 @@ class LitSimCLR(ZooModule):
 
     # -- evaluation ----------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
-        super().on_validation_epoch_start()
         self._eval_batches = []
 
     def on_test_epoch_start(self) -> None:
-        super().on_test_epoch_start()
         self._eval_batches = []
 
     def on_validation_epoch_end(self) -> None:
-        super().on_validation_epoch_end()
         if self.trainer.sanity_checking or not self._eval_batches:
             return
         train_h, _, train_y = self._train_split_features(self.net)
@@ -141,7 +131,6 @@ class LitSimCLR(ZooModule):
         self.log("val/knn_acc", acc, prog_bar=True, sync_dist=False)
 
     def on_test_epoch_end(self) -> None:
-        super().on_test_epoch_end()
         if not self._eval_batches:
             return
         train_h, train_x, train_y = self._train_split_features(self.net)
@@ -185,21 +174,13 @@ class LitSimCLR(ZooModule):
         return torch.cat(feats).cpu()
 
     def _train_split_features(self, net: nn.Module) -> tuple[Tensor, Tensor, Tensor]:
-        """Features, images and labels of the whole training split (the labelled bank)."""
+        """Features, images and labels of the whole training split (the labelled bank), in
+        its stored order, so the few-label draws pick the same images in every run."""
         datamodule = self.trainer.datamodule
-        if datamodule is None:
+        if not hasattr(datamodule, "reference_data"):
             raise RuntimeError("LitSimCLR evaluates against the training split: pass a "
-                               "datamodule to trainer.fit / trainer.test")
-        if not getattr(datamodule, "splits", None):
-            datamodule.setup("fit")
-        # the split in its stored order (not the shuffling training loader): the few-label
-        # draws then pick the same images in every run
-        loader = datamodule.train_dataloader()
-        xs, ys = [], []
-        for batch in DataLoader(loader.dataset, batch_size=loader.batch_size or 256):
-            xs.append(batch[0])
-            ys.append(batch[1])
-        x, y = torch.cat(xs), torch.cat(ys)
+                               "DataModule to trainer.fit / trainer.test")
+        x, y = datamodule.reference_data("train").tensors
         return self._features(net, x), x, y
 
     def _gathered_eval_batches(self) -> tuple[Tensor, Tensor, Tensor]:

@@ -7,15 +7,16 @@ translations of held-out numbers, or a sample of generated text.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import EarlyStopping
 from torch import Tensor, nn
 from torchmetrics import SumMetric
 
+from mlnotes_zoo.constraints import Field, Fraction, NonNegativeInt, PositiveInt
 from mlnotes_zoo.lit.base import OptimizerFactory, SchedulerFactory, ZooModule
 from mlnotes_zoo.models.transformer import (
     GPT,
@@ -25,7 +26,27 @@ from mlnotes_zoo.models.transformer import (
     token_cross_entropy,
 )
 
-__all__ = ["LitSeq2Seq", "LitGPT"]
+__all__ = ["LitSeq2Seq", "LitGPT", "detokenize", "is_char_start"]
+
+
+def detokenize(tokens: Tensor, vocab: Sequence[str] | None, *, eos_id: int,
+               skip: Sequence[int] = ()) -> str:
+    """Token ids (T,) -> text up to the first ``eos_id``, ids in ``skip`` (padding, bos)
+    dropped: digits joined without spaces ("4071"), words with ("four thousand seventy one");
+    the ids themselves without a vocabulary."""
+    words = []
+    for t in tokens.tolist():
+        if t == eos_id:
+            break
+        if t not in skip:
+            words.append(vocab[t] if vocab is not None else str(t))
+    return ("" if words and words[0].isdigit() else " ").join(words).strip()
+
+
+def is_char_start(byte_tokens: Tensor) -> Tensor:
+    """True at bytes that begin a UTF-8 character (not continuation bytes 0b10xxxxxx): the
+    characters that bits per character divides by."""
+    return (byte_tokens & 0xC0) != 0x80
 
 
 def _write_samples(module: ZooModule, text: str) -> None:
@@ -51,25 +72,35 @@ class LitSeq2Seq(ZooModule):
             task is solved; Lightning ``EarlyStopping(stopping_threshold=...)``); None = never.
         patience: also stop after this many validation epochs without improvement; None =
             never.
-        optimizer, scheduler, monitor, monitor_mode: see :class:`ZooModule`.
+        optimizer, scheduler, activation_checkpointing: see :class:`ZooModule`.
+
+    ``samples.txt`` spells the tokens with the DataModule's ``vocab`` (token strings) when
+    it has one, else as ids.
     """
 
     net: Seq2SeqTransformer
 
-    def __init__(self, *, net: nn.Module | Mapping[str, Any], num_samples: int = 20,
-                 stop_at_exact_match: float | None = None, patience: int | None = None,
+    def __init__(self, *, net: nn.Module | Mapping[str, Any], num_samples: PositiveInt = 20,
+                 stop_at_exact_match: Fraction | None = None,
+                 patience: NonNegativeInt | None = None,
                  optimizer: OptimizerFactory | None = None,
                  scheduler: SchedulerFactory | None = None, **base_kwargs: Any) -> None:
         super().__init__(net=net, optimizer=optimizer, scheduler=scheduler, **base_kwargs)
         self.num_samples = num_samples
         self.stop_at_exact_match, self.patience = stop_at_exact_match, patience
         self._sample_batch: tuple[Tensor, Tensor, Tensor] | None = None
+        self._vocab: Sequence[str] | None = None
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and getattr(dm, "vocab_size", 0) > self.net.vocab_size:
             raise ValueError(f"data has {dm.vocab_size} tokens but model.vocab_size is "
                              f"{self.net.vocab_size}")
+        self._vocab = getattr(dm, "vocab", None)
+
+    def detokenize(self, tokens: Tensor) -> str:
+        return detokenize(tokens, self._vocab, eos_id=self.net.eos_id,
+                          skip=(self.net.pad_id, self.net.bos_id))
 
     def configure_callbacks(self) -> list[pl.Callback]:
         if self.stop_at_exact_match is None and self.patience is None:
@@ -96,15 +127,13 @@ class LitSeq2Seq(ZooModule):
         return out
 
     def on_validation_epoch_end(self) -> None:
-        super().on_validation_epoch_end()
         if self._sample_batch is not None:
-            from mlnotes_zoo.data.seq2seq_numbers import decode_tokens
-
             lines = []
             for src, tgt, gen in zip(*self._sample_batch, strict=True):
-                mark = "ok " if decode_tokens(gen) == decode_tokens(tgt) else "ERR"
-                lines.append(f"{mark} {decode_tokens(src):>11} -> {decode_tokens(gen)}"
-                             + ("" if mark == "ok " else f"   (want: {decode_tokens(tgt)})"))
+                source, wanted, got = (self.detokenize(t) for t in (src, tgt, gen))
+                mark = "ok " if got == wanted else "ERR"
+                lines.append(f"{mark} {source:>11} -> {got}"
+                             + ("" if mark == "ok " else f"   (want: {wanted})"))
             _write_samples(self, f"epoch {self.current_epoch}\n" + "\n".join(lines) + "\n")
         self._sample_batch = None
 
@@ -122,8 +151,10 @@ class LitGPT(ZooModule):
 
     net: GPT
 
-    def __init__(self, *, net: nn.Module | Mapping[str, Any], sample_length: int = 300,
-                 prompt_length: int = 32, temperature: float = 0.8, top_k: int | None = 40,
+    def __init__(self, *, net: nn.Module | Mapping[str, Any], sample_length: PositiveInt = 300,
+                 prompt_length: PositiveInt = 32,
+                 temperature: Annotated[float, Field(ge=0, description="0: greedy")] = 0.8,
+                 top_k: PositiveInt | None = 40,
                  optimizer: OptimizerFactory | None = None,
                  scheduler: SchedulerFactory | None = None, **base_kwargs: Any) -> None:
         super().__init__(net=net, optimizer=optimizer, scheduler=scheduler, **base_kwargs)
@@ -145,8 +176,6 @@ class LitGPT(ZooModule):
                              f"({self.net.max_len})")
 
     def model_step(self, batch: Any, stage: str) -> dict[str, Tensor]:
-        from mlnotes_zoo.data.text import is_char_start
-
         x, y = batch
         logits = self.net(x)  # (B, T, V)
         if stage == "train":
@@ -168,14 +197,12 @@ class LitGPT(ZooModule):
         self.num_chars.reset()
 
     def on_validation_epoch_end(self) -> None:
-        super().on_validation_epoch_end()
         self._log_bits_per_char("val")
         if self._prompt is not None and self.sample_length > 0:
             _write_samples(self, self.sample_text(self._prompt))
         self._prompt = None
 
     def on_test_epoch_end(self) -> None:
-        super().on_test_epoch_end()
         self._log_bits_per_char("test")
         self._prompt = None
 

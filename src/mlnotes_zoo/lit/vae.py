@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.utils import make_grid
 
+from mlnotes_zoo.constraints import NonNegativeFloat, NonNegativeInt, PositiveInt
 from mlnotes_zoo.lit.base import OptimizerFactory, SchedulerFactory, ZooModule, paired_rows_grid
 from mlnotes_zoo.models.vae import VAE, elbo, gaussian_kl_standard_normal, iwae_bound
 
@@ -21,7 +22,7 @@ class LitVAE(ZooModule):
         beta: weight of the KL term (β-VAE, Higgins et al. 2017); β = 1 is the ELBO.
         iwae_samples: k for the test-time importance-weighted bound log p(x) ≥ IWAE_k.
         num_pictures: how many images the reconstruction and sample grids show.
-        optimizer, scheduler, monitor, monitor_mode: see
+        optimizer, scheduler, activation_checkpointing: see
             :class:`~mlnotes_zoo.lit.base.ZooModule`.
     """
 
@@ -31,18 +32,14 @@ class LitVAE(ZooModule):
         self,
         *,
         net: nn.Module | Mapping[str, Any],
-        beta: float = 1.0,
-        iwae_samples: int = 256,
-        num_pictures: int = 32,
+        beta: NonNegativeFloat = 1.0,
+        iwae_samples: PositiveInt = 256,
+        num_pictures: NonNegativeInt = 32,
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
         **base_kwargs: Any,
     ) -> None:
         super().__init__(net=net, optimizer=optimizer, scheduler=scheduler, **base_kwargs)
-        if beta < 0:
-            raise ValueError(f"beta must be >= 0, got {beta}")
-        if iwae_samples < 1:
-            raise ValueError(f"iwae_samples must be >= 1, got {iwae_samples}")
         self.beta = beta
         self.iwae_samples = iwae_samples
         self.num_pictures = num_pictures

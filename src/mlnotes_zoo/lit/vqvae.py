@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mlnotes_zoo.constraints import NonNegativeFloat, NonNegativeInt
 from mlnotes_zoo.lit.base import OptimizerFactory, SchedulerFactory, ZooModule, paired_rows_grid
 from mlnotes_zoo.models.vqvae import (
     VQVAE,
@@ -33,7 +34,7 @@ class LitVQVAE(ZooModule):
         net: the VQ-VAE (or its registry spec when loaded from a checkpoint).
         beta: weight β of the commitment loss (0.25 in the paper).
         num_pictures: how many inputs the reconstruction grid shows.
-        optimizer, scheduler, monitor, monitor_mode: see
+        optimizer, scheduler, activation_checkpointing: see
             :class:`~mlnotes_zoo.lit.base.ZooModule`.
     """
 
@@ -43,15 +44,13 @@ class LitVQVAE(ZooModule):
         self,
         *,
         net: nn.Module | Mapping[str, Any],
-        beta: float = 0.25,
-        num_pictures: int = 32,
+        beta: NonNegativeFloat = 0.25,
+        num_pictures: NonNegativeInt = 32,
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
         **base_kwargs: Any,
     ) -> None:
         super().__init__(net=net, optimizer=optimizer, scheduler=scheduler, **base_kwargs)
-        if beta < 0:
-            raise ValueError(f"beta must be >= 0, got {beta}")
         self.beta = beta
         self.num_pictures = num_pictures
         self.code_usage = CodebookUsage(self.net.num_codes)
@@ -80,19 +79,15 @@ class LitVQVAE(ZooModule):
 
     # Split-level usage: torchmetrics sums the histograms over batches and ranks.
     def on_validation_epoch_start(self) -> None:
-        super().on_validation_epoch_start()
         self.code_usage.reset()
 
     def on_test_epoch_start(self) -> None:
-        super().on_test_epoch_start()
         self.code_usage.reset()
 
     def on_validation_epoch_end(self) -> None:
-        super().on_validation_epoch_end()
         self._log_usage("val")
 
     def on_test_epoch_end(self) -> None:
-        super().on_test_epoch_end()
         self._log_usage("test")
 
     def _log_usage(self, stage: str) -> None:
