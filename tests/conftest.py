@@ -48,6 +48,31 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
 
 
 @pytest.fixture
+def run_cli(monkeypatch, capsys) -> Callable[..., tuple[int, str]]:
+    """``run_cli(*overrides)``: ``mlnotes-zoo-train overrides`` in-process, for commands that
+    stop before training; returns (exit code, stderr). The process state the entry point
+    sets (argv, environment, Hydra's logging) is put back afterwards."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    for name in ("MLNOTES_RUN_STAMP", "HYDRA_FULL_ERROR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+
+    def _run(*overrides: str) -> tuple[int, str]:
+        from mlnotes_zoo.train import cli
+
+        with pytest.raises(SystemExit) as exit_info:
+            cli(list(overrides))
+        return exit_info.value.code, capsys.readouterr().err.strip()
+
+    yield _run
+    root.handlers[:], root.level = handlers, level
+    GlobalHydra.instance().clear()
+
+
+@pytest.fixture
 def run_train() -> Callable[..., subprocess.CompletedProcess]:
     """``run_train(*args, cwd=...)``: ``python train.py args...`` in a subprocess."""
 

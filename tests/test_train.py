@@ -78,17 +78,17 @@ def test_resume_from_last_checkpoint_continues_training(make_cfg, tmp_path):
 
 def test_last_checkpoint_is_the_latest_state_even_when_the_metric_stops_improving(
         make_cfg, tmp_path):
-    # monitor_mode=max on a loss: only epoch 0 is ever "best"
+    # mode=max on a loss: only epoch 0 is ever "best"
     main(make_cfg("model=vae", "trainer.max_epochs=3", "model.net.hidden=64",
-                  "+model.monitor_mode=max"))
+                  "callbacks.model_checkpoint.mode=max"))
     ckpts = tmp_path / "checkpoints"
     assert [p.name for p in ckpts.glob("best-*.ckpt")] == ["best-epoch000.ckpt"]
     assert torch.load(ckpts / "last.ckpt", weights_only=True)["epoch"] == 2
 
 
 @pytest.mark.slow
-def test_cli_multirun_sweeps_the_shorthand_net_key(run_train, tmp_path):
-    out = run_train("-m", "model.latent_dim=2,8", "trainer.max_epochs=1",
+def test_cli_multirun_sweeps_a_net_key(run_train, tmp_path):
+    out = run_train("-m", "model.net.latent_dim=2,8", "trainer.max_epochs=1",
                     "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
                     "+trainer.limit_test_batches=1", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -97,3 +97,16 @@ def test_cli_multirun_sweeps_the_shorthand_net_key(run_train, tmp_path):
     dims = [json.loads(r.read_text())["metrics"] and r.parent.joinpath("config.yaml").read_text()
             for r in runs]
     assert "latent_dim: 2" in dims[0] and "latent_dim: 8" in dims[1]
+
+
+def test_a_first_run_prints_no_advertisement_or_deprecation(run_train, tmp_path):
+    # the model summary included: Lightning's own, less its column of zero FLOPs
+    out = run_train("model=vae", "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
+                    "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1",
+                    cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    first = (out.stdout + out.stderr).split("Epoch 0")[0]
+    assert "Total params" in first  # the summary is there
+    for noise in ("Tip", "litlogger", "litmodels", "FLOPs", "deprecated", "Deprecation",
+                  "FutureWarning"):
+        assert noise not in first, first

@@ -6,22 +6,28 @@ through ``hydra.utils.instantiate`` here, at the top.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import re
 import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["main", "cli"]
+__all__ = ["main", "cli", "CheckConfig"]
 
 
 def main(cfg: DictConfig) -> dict[str, float]:
     """Fit, test the best checkpoint, write ``metrics.json``; returns the test metrics."""
     import pytorch_lightning as pl
     from hydra.utils import instantiate
+    from pytorch_lightning.callbacks import ModelSummary
     from pytorch_lightning.plugins.io import CheckpointIO
 
     from mlnotes_zoo.resume import AtomicCheckpointIO, continue_csv_logs, resume_checkpoint
@@ -34,14 +40,21 @@ def main(cfg: DictConfig) -> dict[str, float]:
 
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, _convert_="all")
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    # a node without _target_ is a model's setting for a callback that is switched off
+    # (callbacks=none leaves schedule/<name>.yaml's model_checkpoint.monitor behind)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()
+                 if c and "_target_" in c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     trainer_kwargs = resolve_trainer_kwargs(instantiate(cfg.trainer, _partial_=True).keywords)
     plugins = list(trainer_kwargs.pop("plugins", None) or [])
     if not any(isinstance(p, CheckpointIO) for p in plugins):
         plugins.append(AtomicCheckpointIO())  # a kill mid-write keeps the previous file
+    # Lightning's default summary, without its column of zero FLOPs
+    if trainer_kwargs.pop("enable_model_summary", None) is not False and not any(
+            isinstance(c, ModelSummary) for c in callbacks):
+        callbacks.append(_model_summary())
     trainer = pl.Trainer(**trainer_kwargs, plugins=plugins, callbacks=callbacks,
-                         logger=loggers or False)
+                         logger=loggers or False, enable_model_summary=False)
     if ckpt_path is not None and trainer.is_global_zero and _same_dir(ckpt_path, output_dir):
         # continuing in the run dir: keep its CSV rows up to the checkpoint
         continue_csv_logs(trainer.loggers, ckpt_path)
@@ -64,6 +77,55 @@ def main(cfg: DictConfig) -> dict[str, float]:
             _atomic_write(output_dir / "metrics.json", json.dumps(report, indent=2) + "\n")
             _print_metrics(metrics, output_dir)
     return metrics
+
+
+def _model_summary() -> Any:
+    """Lightning's rich model summary without its FLOPs column, which Lightning fills only by
+    running a module's ``example_input_array`` (0 for every module without one)."""
+    from pytorch_lightning.callbacks import RichModelSummary
+    from pytorch_lightning.utilities.model_summary import (
+        get_formatted_model_size,
+        get_human_readable_count,
+    )
+
+    class ModelSummary(RichModelSummary):
+        @staticmethod
+        def summarize(summary_data: list[tuple[str, list[str]]], total_parameters: int,
+                      trainable_parameters: int, model_size: float,
+                      total_training_modes: dict[str, int], total_flops: int,
+                      **summarize_kwargs: Any) -> None:
+            if total_flops:
+                return RichModelSummary.summarize(
+                    summary_data, total_parameters, trainable_parameters, model_size,
+                    total_training_modes, total_flops, **summarize_kwargs)
+            from rich import get_console
+            from rich.table import Table
+
+            columns = [(name, values) for name, values in summary_data if name != "FLOPs"]
+            table = Table(header_style="bold magenta")
+            for name, _ in columns:
+                table.add_column(name, style="dim" if name == " " else None,
+                                 justify="right" if name == "Params" else "left")
+            for row in zip(*(values for _, values in columns), strict=True):
+                table.add_row(*row)
+            totals = Table.grid(expand=True)
+            totals.add_column()
+            for label, value in [
+                ("Trainable params", get_human_readable_count(trainable_parameters)),
+                ("Non-trainable params",
+                 get_human_readable_count(total_parameters - trainable_parameters)),
+                ("Total params", get_human_readable_count(total_parameters)),
+                ("Total estimated model params size (MB)", get_formatted_model_size(model_size)),
+                ("Modules in train mode", total_training_modes["train"]),
+                ("Modules in eval mode", total_training_modes["eval"]),
+            ]:
+                totals.add_row(f"[bold]{label}[/]: {value}")
+            console = get_console()
+            console.print(table)
+            console.print(totals)
+            return None
+
+    return ModelSummary()
 
 
 def _same_dir(ckpt_path: str, output_dir: Path) -> bool:
@@ -99,74 +161,188 @@ def _print_metrics(metrics: dict[str, Any], output_dir: Path) -> None:
 
 
 def _task(cfg: DictConfig) -> float | None:
+    """The Hydra job: :func:`main`, with a mistake of the user's reported in one or two lines."""
     from hydra.errors import InstantiationException
 
-    from mlnotes_zoo.data.base import BadDataError
-    from mlnotes_zoo.lit.base import NonFiniteLossError
-    from mlnotes_zoo.resume import ResumeError, last_checkpoint
-    from mlnotes_zoo.scale.launch import LaunchError
-    from mlnotes_zoo.weights import (
-        IncompatibleWeightsError,
-        UnreadableWeightsError,
-        UnsafeCheckpointError,
-    )
+    from mlnotes_zoo.errors import ZooError
 
     try:
         metrics = main(cfg)
-    except NonFiniteLossError as err:
-        if os.environ.get("RANK", "0") == "0":
-            last = last_checkpoint(cfg.paths.output_dir)
-            kept = (f"the last good checkpoint is {last}; resume with resume={last.parent.parent}"
-                    if last.is_file() else "no checkpoint was written before it")
-            print(f"error: {err}\nstopped; {kept}", file=sys.stderr)
-        sys.exit(1)
-    except (ResumeError, UnsafeCheckpointError, IncompatibleWeightsError,
-            UnreadableWeightsError) as err:
-        if os.environ.get("RANK", "0") == "0":
-            print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except InstantiationException as err:
-        # e.g. "Error in call to target 'mlnotes_zoo.create_model': ValueError(...)"
-        print("error: " + " ".join(str(err).split("\n")[:2]), file=sys.stderr)
-        sys.exit(2)
-    except (BadDataError, FileNotFoundError) as err:
-        # a missing data root or a damaged file: the message names it (raised in a
-        # DataLoader worker, the original message is the last line)
-        if os.environ.get("RANK", "0") == "0":
-            lines = [line for line in str(err).splitlines() if line.strip()]
-            text = lines[-1] if lines and lines[0].startswith("Caught ") else str(err)
-            text = re.sub(r"^[\w.]*(Error|Exception): ", "", text)
-            print(f"error: {text}", file=sys.stderr)
-        sys.exit(2)
-    except LaunchError as err:
-        if os.environ.get("RANK", "0") == "0":  # one line, not one per rank
-            print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    except (ZooError, InstantiationException) as err:
+        _exit(err, run_dir=Path(cfg.paths.output_dir))
     # The value Hydra sweepers optimise: the monitored validation metric is not known here,
     # so return the test loss when present.
     return metrics.get("test/loss")
 
 
 def cli(argv: list[str] | None = None) -> None:
-    """``mlnotes-zoo-train [overrides]``: same overrides as ``python train.py``."""
-    import hydra
+    """``mlnotes-zoo-train [overrides]``: same overrides as ``python train.py``.
 
-    from mlnotes_zoo.config import UsageError, check_overrides, config_dir
+    Hydra parses the command line and composes the config; :class:`CheckConfig` validates
+    it before Hydra creates the run dir.
+    """
+    import hydra
+    from hydra.errors import HydraException
+
+    from mlnotes_zoo.config import config_dir
+    from mlnotes_zoo.errors import ZooError
+    from mlnotes_zoo.resume import expand_resume
     from mlnotes_zoo.scale.launch import share_run_stamp
 
-    argv = sys.argv[1:] if argv is None else argv
+    _quiet_third_party()
     try:
-        argv = check_overrides(argv)
-    except UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    from mlnotes_zoo.resume import ResumeError, expand_resume
+        # resume=<run dir>: that run's saved overrides must take part in the composition, so
+        # they go in front of the new ones here (the one place the command line is rewritten)
+        sys.argv = [sys.argv[0], *expand_resume(sys.argv[1:] if argv is None else argv)]
+        share_run_stamp()  # under torchrun: one run dir for every rank
+        with _hydra_errors_raised():
+            hydra.main(config_path=str(config_dir()), config_name="train",
+                       version_base="1.3")(_task)()
+    except (ZooError, HydraException) as err:  # a wrong override or value: nothing was run
+        _exit(err)
+
+
+class CheckConfig(Callback):
+    """Validate the composed config before Hydra creates a run dir (``hydra.callbacks`` in
+    configs/hydra/default.yaml; :mod:`mlnotes_zoo.validation`).
+
+    A run is checked as composed; a multirun checks each value of each sweep once before the
+    sweep starts (a sweeper that draws values as it goes, e.g. Optuna's, has each job checked
+    when it starts). Hydra turns an exception of a callback into a warning, so a refused
+    config ends the process here.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from mlnotes_zoo.validation import validate_config
+
+        with _refused():
+            validate_config(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from hydra.core.global_hydra import GlobalHydra
+
+        from mlnotes_zoo.validation import validate_config
+
+        loader = GlobalHydra.instance().config_loader()
+        with _refused():
+            for overrides in _sweep_variants(config):
+                validate_config(loader.load_sweep_config(config, overrides))
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from hydra.types import RunMode
+
+        from mlnotes_zoo.validation import validate_config
+
+        if config.hydra.mode == RunMode.MULTIRUN:
+            with _refused():
+                validate_config(config)
+
+
+@contextlib.contextmanager
+def _refused() -> Iterator[None]:
+    """A wrong override or value ends the process here, before the run dir exists."""
+    from hydra.errors import HydraException
+
+    from mlnotes_zoo.errors import ZooError
 
     try:
-        argv = expand_resume(argv)  # resume=<run dir>: that run's overrides, in that dir
-    except ResumeError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    sys.argv = [sys.argv[0], *argv]
-    share_run_stamp()  # under torchrun: one run dir for every rank
-    hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")(_task)()
+        yield
+    except (ZooError, HydraException) as err:
+        _exit(err)
+
+
+def _sweep_variants(config: DictConfig) -> list[list[str]]:
+    """Jobs' overrides that give every value of every listed sweep at least once."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    fixed: list[str] = []
+    sweeps: list[tuple[str, list[str]]] = []
+    for o in OverridesParser.create().parse_overrides(list(config.hydra.overrides.task)):
+        if not o.is_sweep_override():
+            fixed.append(o.input_line)
+        elif o.is_discrete_sweep():
+            sweeps.append((o.get_key_element(), list(o.sweep_string_iterator())))
+        # interval() and the like: the sweeper draws the values; checked per job
+    firsts = [f"{key}={values[0]}" for key, values in sweeps]
+    variants = [fixed + firsts]
+    for j, (key, values) in enumerate(sweeps):
+        variants += [fixed + firsts[:j] + [f"{key}={v}"] + firsts[j + 1:] for v in values[1:]]
+    return variants
+
+
+@contextlib.contextmanager
+def _hydra_errors_raised() -> Iterator[None]:
+    """Let Hydra raise its composition errors (HYDRA_FULL_ERROR=1) instead of printing them,
+    so that :func:`_exit` puts them in the zoo's words."""
+    before = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["HYDRA_FULL_ERROR"]
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = before
+
+
+def _exit(err: Exception, run_dir: Path | None = None) -> NoReturn:
+    """Print ``error: <message>`` (rank 0 only) and exit with the error's code.
+
+    ``err`` is a :class:`~mlnotes_zoo.errors.ZooError`, or a Hydra error that is the user's
+    doing (an override that does not fit the configs, a constructor refusing its arguments).
+    A run that stopped part-way (exit code 1) also says where it can continue from.
+    """
+    from hydra.errors import InstantiationException
+    from lightning_fabric.utilities.rank_zero import rank_zero_only
+
+    from mlnotes_zoo.config import usage_error
+    from mlnotes_zoo.errors import UsageError, ZooError
+
+    if isinstance(err, InstantiationException):
+        # e.g. "Error in call to target 'mlnotes_zoo.create_model': ValueError(...)"
+        err = (err.__cause__ if isinstance(err.__cause__, ZooError) else
+               UsageError(" ".join(str(err).split("\n")[:2])))
+    elif not isinstance(err, ZooError):
+        err = usage_error(err)
+    text = _message(err)
+    if err.exit_code == 1 and run_dir is not None:
+        from mlnotes_zoo.resume import last_checkpoint
+
+        last = last_checkpoint(run_dir)
+        text += ("\nstopped; " + (f"the last good checkpoint is {last}; resume with "
+                                   f"resume={last.parent.parent}" if last.is_file() else
+                                   "no checkpoint was written before it"))
+    if rank_zero_only.rank == 0:  # one message, not one per process
+        print(f"error: {text}", file=sys.stderr)
+    sys.exit(err.exit_code)
+
+
+def _message(err: Exception) -> str:
+    """The error's own message; for one raised in a DataLoader worker (re-raised by torch as
+    "Caught BadDataError in DataLoader worker process 0 ... Traceback ..."), its last line."""
+    text = str(err)
+    lines = [line for line in text.splitlines() if line.strip()]
+    if lines and lines[0].startswith("Caught "):
+        text = re.sub(r"^[\w.]*(Error|Exception): ", "", lines[-1])
+    return text
+
+
+class _NoAdvertisements(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
+
+
+def _quiet_third_party() -> None:
+    """No advertisements or deprecation notices of libraries in a run's output.
+
+    - Lightning 2.6 logs a "💡 Tip" for its cloud services (litlogger, litmodels) when a
+      Trainer starts, with no flag to turn it off: its rank-zero logger drops those records.
+    - Lightning's ``utilities/_pytree.py`` builds torch's deprecated ``LeafSpec`` (torch 2.14
+      warns on every run); nothing a user of the zoo can change.
+    """
+    logger = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    if not any(isinstance(f, _NoAdvertisements) for f in logger.filters):
+        logger.addFilter(_NoAdvertisements())
+    warnings.filterwarnings(
+        "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+        category=FutureWarning, module=r"pytorch_lightning\.utilities\._pytree")

@@ -6,10 +6,12 @@ import os
 import time
 from typing import Any
 
+from mlnotes_zoo.errors import UsageError
+
 __all__ = ["torchrun_sizes", "share_run_stamp", "resolve_trainer_kwargs", "LaunchError"]
 
 
-class LaunchError(ValueError):
+class LaunchError(UsageError):
     """A trainer setting that cannot work here; the message is one line for the user."""
 
 

@@ -1,0 +1,283 @@
+"""Validation of a composed training config, before anything is built or written.
+
+The constructors are the schema: every node with a ``_target_`` is checked against its
+target's keyword parameters and their annotations (types, ``Literal`` choices and the ranges
+of :mod:`mlnotes_zoo.constraints`), through :func:`mlnotes_zoo.constraints.check_arguments`'s
+pieces, the same check ``create_model`` runs:
+
+- each key must be a parameter of the target (or of the base class it passes ``**kwargs``
+  to); a ``mlnotes_zoo.create_model`` node is checked against the registered builder;
+- each value must fit the parameter's annotation; a nested node with a ``_target_`` is
+  checked as its own node.
+
+Third-party targets that the zoo cannot annotate (optimizers, LR schedulers, the Trainer,
+Lightning's callbacks and loggers) get typed stand-in signatures here, keyed by target;
+``configs/train.yaml``'s own keys get one too. A problem is a
+:class:`~mlnotes_zoo.errors.UsageError` of one or two lines naming key, value and what is
+allowed::
+
+    model.net.latent_dim=-3: must be an integer >= 1
+    model.temperature=0: must be a number > 0 (the contrastive temperature τ)
+
+``train.py`` runs :func:`validate_config` after Hydra composes the config and before it
+creates the run dir (the Hydra callback ``mlnotes_zoo.train.CheckConfig``).
+Checks that involve two values (``block_size <= max_len``) stay in the constructors.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, Literal
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from mlnotes_zoo.constraints import (
+    Field,
+    Fraction,
+    NonNegativeFloat,
+    NonNegativeInt,
+    Parameter,
+    PositiveFloat,
+    PositiveInt,
+    Probability,
+    Seed,
+    UnitInterval,
+    parameters,
+    show,
+)
+from mlnotes_zoo.errors import UsageError
+
+__all__ = ["validate_config", "resolve", "target_parameters", "STAND_INS", "unknown"]
+
+# -- stand-in signatures for targets the zoo cannot annotate -------------------------------
+STAND_INS: dict[str, Callable[..., None]] = {}
+
+
+def _stand_in(*targets: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Register a typed signature for ``targets``: its annotations replace theirs."""
+
+    def register(signature: Callable[..., None]) -> Callable[..., None]:
+        for target in targets:
+            STAND_INS[target] = signature
+        return signature
+
+    return register
+
+
+# configs/train.yaml's own keys (no constructor reads them)
+@_stand_in("train.yaml")
+def _train_yaml(*, seed: Seed | None, ckpt_path: str | None, resume: str | None,
+                test: bool) -> None: ...
+
+
+@_stand_in("torch.optim.Adam", "torch.optim.AdamW")
+def _adam(*, lr: PositiveFloat, betas: tuple[UnitInterval, UnitInterval], eps: PositiveFloat,
+          weight_decay: NonNegativeFloat, amsgrad: bool) -> None: ...
+
+
+@_stand_in("torch.optim.SGD")
+def _sgd(*, lr: PositiveFloat, momentum: NonNegativeFloat, dampening: NonNegativeFloat,
+         weight_decay: NonNegativeFloat, nesterov: bool) -> None: ...
+
+
+@_stand_in("torch.optim.lr_scheduler.CosineAnnealingLR")
+def _cosine(*, T_max: PositiveInt, eta_min: NonNegativeFloat) -> None: ...  # noqa: N803
+
+
+@_stand_in("torch.optim.lr_scheduler.StepLR")
+def _step(*, step_size: PositiveInt, gamma: PositiveFloat) -> None: ...
+
+
+@_stand_in("torch.optim.lr_scheduler.MultiStepLR")
+def _multi_step(*, milestones: list[PositiveInt], gamma: PositiveFloat) -> None: ...
+
+
+@_stand_in("torch.optim.lr_scheduler.ExponentialLR")
+def _exponential(*, gamma: PositiveFloat) -> None: ...
+
+
+@_stand_in("torch.optim.lr_scheduler.LinearLR")
+def _linear(*, start_factor: Probability, end_factor: Fraction, total_iters: PositiveInt) -> None:
+    ...
+
+
+@_stand_in("pytorch_lightning.Trainer")
+def _trainer(
+    *,
+    devices: PositiveInt | Literal[-1] | str | list[NonNegativeInt],
+    num_nodes: PositiveInt,
+    max_epochs: PositiveInt | Literal[-1] | None,
+    min_epochs: NonNegativeInt | None,
+    max_steps: Annotated[int, Field(ge=-1, description="-1: no limit")],
+    min_steps: NonNegativeInt | None,
+    limit_train_batches: NonNegativeInt | Fraction | None,
+    limit_val_batches: NonNegativeInt | Fraction | None,
+    limit_test_batches: NonNegativeInt | Fraction | None,
+    limit_predict_batches: NonNegativeInt | Fraction | None,
+    overfit_batches: NonNegativeInt | Fraction,
+    val_check_interval: PositiveInt | Probability | None,
+    check_val_every_n_epoch: PositiveInt | None,
+    num_sanity_val_steps: Annotated[int, Field(ge=-1, description="-1: all")] | None,
+    log_every_n_steps: PositiveInt | None,
+    accumulate_grad_batches: PositiveInt,
+    gradient_clip_val: NonNegativeFloat | None,
+    gradient_clip_algorithm: Literal["norm", "value"] | None,
+    fast_dev_run: NonNegativeInt | bool,
+    reload_dataloaders_every_n_epochs: NonNegativeInt,
+) -> None: ...
+
+
+@_stand_in("pytorch_lightning.callbacks.ModelCheckpoint")
+def _model_checkpoint(
+    *,
+    monitor: str | None,
+    mode: Literal["min", "max"],
+    save_last: bool | Literal["link"] | None,
+    save_top_k: Annotated[int, Field(ge=-1, description="-1: every checkpoint")],
+    every_n_train_steps: NonNegativeInt | None,
+    every_n_epochs: Annotated[int, Field(ge=0, description="0: no epoch-end checkpoints")] | None,
+) -> None: ...
+
+
+@_stand_in("pytorch_lightning.callbacks.EarlyStopping")
+def _early_stopping(*, monitor: str, min_delta: float, patience: NonNegativeInt,
+                    mode: Literal["min", "max"]) -> None: ...
+
+
+@_stand_in("pytorch_lightning.callbacks.RichProgressBar")
+def _rich_progress_bar(
+    *, refresh_rate: Annotated[int, Field(ge=0, description="0: no progress bar")], leave: bool,
+) -> None: ...
+
+
+@_stand_in("pytorch_lightning.loggers.CSVLogger")
+def _csv_logger(*, name: str | None, version: NonNegativeInt | str | None,
+                flush_logs_every_n_steps: PositiveInt) -> None: ...
+
+
+@_stand_in("pytorch_lightning.loggers.TensorBoardLogger")
+def _tensorboard_logger(*, name: str | None, version: NonNegativeInt | str | None,
+                        log_graph: bool, default_hp_metric: bool) -> None: ...
+
+
+_CREATE_MODEL = ("mlnotes_zoo.create_model", "mlnotes_zoo.registry.create_model")
+
+
+def target_parameters(target: str, obj: Callable[..., Any]) -> tuple[dict[str, Parameter], bool]:
+    """The keyword parameters of ``obj`` (the object ``target`` names), with the annotations of
+    its stand-in where it has one; and whether it takes any other key."""
+    params, open_kwargs = parameters(obj)
+    stand_in = STAND_INS.get(target)
+    if stand_in is not None:
+        params = {**params, **parameters(stand_in)[0]}
+    return params, open_kwargs
+
+
+# -- the walk ------------------------------------------------------------------------------
+# Validated in this order, so that a bad trainer.max_epochs is reported as itself and not as
+# the model's scheduler key that interpolates it.
+SECTIONS = ("trainer", "data", "model", "callbacks", "logger")
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Raise :class:`~mlnotes_zoo.errors.UsageError` on the first unknown key, wrong-typed or
+    out-of-range value of the composed config ``cfg``."""
+    top = parameters(STAND_INS["train.yaml"])[0]
+    for key, param in top.items():
+        if key in cfg:
+            _check_value(cfg, key, "", param)
+    for section in SECTIONS:
+        node = cfg.get(section)
+        if isinstance(node, DictConfig):
+            _walk(node, section)
+
+
+def _walk(node: DictConfig, path: str) -> None:
+    if "_target_" in node:
+        _check_node(node, path)
+    for key in node.keys():
+        key = str(key)
+        child = node._get_node(key)
+        if (not key.startswith("_") and isinstance(child, DictConfig)
+                and not child._is_missing() and not child._is_none()):
+            _walk(child, f"{path}.{key}")
+
+
+def resolve(node: DictConfig, path: str) -> tuple[str, Callable[..., Any]] | None:
+    """(target, the callable it names) of a ``_target_`` node; a ``create_model`` node names
+    its registered builder (``registry:<name>``). None when Hydra cannot import the target
+    (Hydra reports that itself)."""
+    from hydra.utils import get_object
+
+    target = str(node._target_)
+    if target in _CREATE_MODEL:
+        import mlnotes_zoo.models  # noqa: F401 - registers every family
+        from mlnotes_zoo.registry import get_builder, list_models
+
+        name = node.get("name")
+        if name not in list_models():
+            raise UsageError(f"{path}.name={show(name)}: must be a registered model, one of "
+                             f"{', '.join(list_models())}")
+        return f"registry:{name}", get_builder(str(name))
+    try:
+        return target, get_object(target)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _check_node(node: DictConfig, path: str) -> None:
+    resolved = resolve(node, path)
+    if resolved is None:
+        return
+    target, obj = resolved
+    params, open_kwargs = target_parameters(target, obj)
+    for key in node.keys():
+        key = str(key)
+        if key.startswith("_") or (target.startswith("registry:") and key == "name"):
+            continue
+        if key in params:
+            _check_value(node, key, path, params[key])
+        elif not open_kwargs:
+            raise UsageError(unknown(f"{path}.{key}", list(params),
+                                     f"{path} ({target.removeprefix('registry:')})"))
+
+
+def _check_value(node: DictConfig, key: str, path: str, param: Parameter) -> None:
+    where = f"{path}.{key}" if path else key
+    child = node._get_node(key)
+    written = str(child._value()) if child is not None and child._is_interpolation() else ""
+    try:
+        value = node[key]
+        if isinstance(value, (DictConfig, ListConfig)):
+            value = OmegaConf.to_container(value, resolve=True)
+    except Exception as err:  # noqa: BLE001
+        if any(s in written + str(err) for s in ("hydra:", "HydraConfig", "now:")):
+            return  # resolved by Hydra when the job starts, not here
+        raise UsageError(f"{where}={written or '?'}: cannot be resolved "
+                         f"({str(err).splitlines()[0]})") from None
+    if _has_target(value):
+        return  # a nested object: checked as its own node
+    problem = param.problem(value)
+    if problem:
+        shown = show(value) + (f" (from {written})" if written else "")
+        raise UsageError(f"{where}={shown}: {problem}")
+
+
+def _has_target(value: Any) -> bool:
+    if isinstance(value, Mapping):
+        return "_target_" in value
+    return isinstance(value, list) and any(_has_target(v) for v in value)
+
+
+def unknown(key: str, valid: list[str], where: str, hint: str = "",
+            guesses: Mapping[str, str] | None = None) -> str:
+    """"unknown key 'a.b' (did you mean 'a.c'?)" and the valid keys, in two lines;
+    ``guesses``: name -> key below ``where`` for the did-you-mean (default: ``valid``)."""
+    parent, _, leaf = key.rpartition(".")
+    keys = [k for k in valid if not k.startswith("_")]
+    guesses = guesses or {k: k for k in keys}
+    close = difflib.get_close_matches(leaf, list(guesses), n=1)
+    mean = (f" (did you mean {'.'.join(filter(None, [parent, guesses[close[0]]]))!r}?)"
+            if close else "")
+    return f"unknown key {key!r}{mean}\nvalid keys for {where}: {', '.join(keys)}{hint}"
