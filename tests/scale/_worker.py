@@ -59,6 +59,12 @@ def make_data() -> TensorDataset:
     return TensorDataset(torch.randn(n, WIDTH, generator=g), torch.randn(n, 2, generator=g))
 
 
+def make_val_data() -> TensorDataset:
+    """14 examples: 7 per rank, in batches of BATCH and 3 (unequal batch sizes)."""
+    g = torch.Generator().manual_seed(2)
+    return TensorDataset(torch.randn(14, WIDTH, generator=g), torch.randn(14, 2, generator=g))
+
+
 class LitRegression(ZooModule):
     inject_inf_at: int | None = None
 
@@ -72,6 +78,12 @@ class LitRegression(ZooModule):
     def train_dataloader(self):
         # A non-shuffling distributed sampler: rank r takes examples r, r + W, r + 2W, ...
         data = make_data()
+        sampler = DistributedSampler(data, num_replicas=self.trainer.world_size,
+                                     rank=self.trainer.global_rank, shuffle=False)
+        return DataLoader(data, batch_size=BATCH, sampler=sampler)
+
+    def val_loader(self):
+        data = make_val_data()
         sampler = DistributedSampler(data, num_replicas=self.trainer.world_size,
                                      rank=self.trainer.global_rank, shuffle=False)
         return DataLoader(data, batch_size=BATCH, sampler=sampler)
@@ -98,7 +110,8 @@ def main() -> None:
         if mode == "zero1" else []
     kwargs.update(max_epochs=epochs, logger=False, enable_checkpointing=bool(callbacks),
                   callbacks=callbacks,
-                  enable_progress_bar=False, limit_val_batches=0, default_root_dir=str(out),
+                  enable_progress_bar=False, limit_val_batches=1.0 if "validate" in cfg else 0,
+                  default_root_dir=str(out),
                   use_distributed_sampler=False)
     lit = LitRegression(net=make_net(), optimizer=_optimizer(cfg))
     lit.scales, lit.snapshots, lit.batches = [], [], []
@@ -106,9 +119,13 @@ def main() -> None:
         lit.inject_inf_at = int(cfg.inject_inf)
     trainer = pl.Trainer(**kwargs)
     trainer.fit(lit, ckpt_path=cfg.get("resume"))
+    if "validate" in cfg:  # the epoch means of ZooModule's validation logging, all ranks
+        trainer.validate(lit, dataloaders=lit.val_loader(), verbose=False)
+        lit.val_loss = float(trainer.callback_metrics["val/loss"])
     result = {"rank": trainer.global_rank, "world_size": trainer.world_size,
               "scales": lit.scales, "snapshots": lit.snapshots, "batches": lit.batches,
-              "strategy": type(trainer.strategy).__name__}
+              "strategy": type(trainer.strategy).__name__,
+              "val_loss": getattr(lit, "val_loss", None)}
     optimizer = trainer.optimizers[0]
     result["optimizer"] = type(optimizer).__name__
     names = {id(p): n for n, p in lit.net.named_parameters()}

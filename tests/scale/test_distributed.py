@@ -67,6 +67,21 @@ def test_ddp_two_ranks_equal_single_process_on_the_concatenated_batch(tmp_path, 
         assert_params(r, net)
 
 
+def test_ddp_validation_means_are_weighted_over_every_rank(tmp_path):
+    # 7 examples per rank in batches of 4 and 3: the logged val/loss must be the mean over
+    # all 14 examples (batch-size weighted, summed over ranks), not a mean of batch means
+    # or one rank's value
+    ranks = launch("torchrun", "ddp", tmp_path / "out", "+validate=true")
+    net, _ = reference()
+    x, y = W.make_val_data().tensors
+    with torch.no_grad():
+        expected = nn.functional.mse_loss(net(x), y).item()
+        per_rank = [nn.functional.mse_loss(net(x[r::2]), y[r::2]).item() for r in (0, 1)]
+    assert abs(per_rank[0] - per_rank[1]) > 1e-3  # the ranks' own means differ
+    for r in ranks:
+        assert r["val_loss"] == pytest.approx(expected, abs=1e-6)
+
+
 def test_zero1_shards_optimizer_state_and_resumes(tmp_path):
     ranks = launch("torchrun", "zero1", tmp_path / "one", "+adam=true", "+lr=0.01")
     net, opt = reference(adam=True, lr=0.01)
