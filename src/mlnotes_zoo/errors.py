@@ -2,9 +2,10 @@
 
 Anything that a command line, a config value, a data file, a checkpoint or a weight file
 can get wrong is raised as a :class:`ZooError` (or a subclass naming the kind of mistake)
-whose message is one or two lines for the user as they are. ``train.py`` catches
-``ZooError`` once, prints ``error: <message>`` on rank 0 and exits with ``exit_code``;
-everything else is a bug and keeps its traceback.
+whose message is one or two lines for the user as they are. ``train.py`` reports it in one
+place (``train._exit``, for a mistake found on the command line, in the composed config or
+during the run): ``error: <message>`` on rank 0, then exit with ``exit_code``; everything
+else is a bug and keeps its traceback.
 
 A leaf module: it imports nothing of the zoo.
 """

@@ -2,6 +2,11 @@
 
 ``cfg`` is the composed Hydra config (``configs/train.yaml``); it reaches the code only
 through ``hydra.utils.instantiate`` here, at the top.
+
+A command line goes: Hydra parses and composes it (:func:`cli`); :class:`CheckConfig`
+validates the composed config before Hydra creates the run dir; the job runs :func:`main`.
+A mistake of the user's at any of these steps (a :class:`~mlnotes_zoo.errors.ZooError`, or
+a Hydra composition error) is reported by :func:`_exit` in one or two lines.
 """
 
 from __future__ import annotations
