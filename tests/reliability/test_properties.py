@@ -20,6 +20,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mlnotes_zoo import create_model, list_models
+from mlnotes_zoo.constraints import (
+    Fraction,
+    NonNegativeFloat,
+    NonNegativeInt,
+    Parameter,
+    PositiveFloat,
+    PositiveInt,
+    Probability,
+    Seed,
+    UnitInterval,
+)
 from mlnotes_zoo.models import OBJECTIVES
 
 # every family's objective functions (models/<family>.py lists them in OBJECTIVE)
@@ -484,3 +495,28 @@ def test_vqvae_terms_are_per_example_means_with_equal_values(b, side, beta, seed
 
 def test_every_loss_has_a_property_test():
     assert set(losses.__all__) <= TESTED_LOSSES, set(losses.__all__) - TESTED_LOSSES
+
+
+# -- config values --------------------------------------------------------------------------
+# Each range alias with its kind and the values it admits, written out independently.
+RANGES = {
+    PositiveInt: (int, lambda v: v >= 1), NonNegativeInt: (int, lambda v: v >= 0),
+    Seed: (int, lambda v: 0 <= v <= 2**32 - 1), PositiveFloat: (float, lambda v: v > 0),
+    NonNegativeFloat: (float, lambda v: v >= 0), Fraction: (float, lambda v: 0 <= v <= 1),
+    UnitInterval: (float, lambda v: 0 <= v < 1), Probability: (float, lambda v: 0 < v <= 1),
+}
+
+
+@SOME
+@given(value=st.one_of(st.integers(-2**33, 2**33), st.floats(-3, 3), st.booleans(),
+                       st.text(max_size=3), st.none()))
+def test_a_range_alias_admits_exactly_its_values_and_says_what_it_admits(value):
+    # the check the CLI and create_model run on every annotated argument
+    for alias, (kind, inside) in RANGES.items():
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        fits = number and (kind is float or isinstance(value, int)) and not math.isnan(value)
+        problem = Parameter("x", alias).problem(value)
+        assert (problem is None) == (fits and inside(value)), (alias, value, problem)
+        if problem is not None:
+            assert problem.startswith("must be an integer " if kind is int else
+                                      "must be a number "), problem
