@@ -26,6 +26,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 from torchvision.utils import make_grid
 
 from mlnotes_zoo.constraints import Field, NonNegativeInt, PositiveFloat, PositiveInt
@@ -180,7 +181,9 @@ class LitSimCLR(ZooModule):
         if not hasattr(datamodule, "reference_data"):
             raise RuntimeError("LitSimCLR evaluates against the training split: pass a "
                                "DataModule to trainer.fit / trainer.test")
-        x, y = datamodule.reference_data("train").tensors
+        # batched by a DataLoader: any Dataset of (image, label) items will do
+        batches = list(DataLoader(datamodule.reference_data("train"), batch_size=256))
+        x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
         return self._features(net, x), x, y
 
     def _gathered_eval_batches(self) -> tuple[Tensor, Tensor, Tensor]:
