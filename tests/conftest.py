@@ -18,6 +18,15 @@ from mlnotes_zoo.config import config_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The suite runs in parallel (pytest-xdist, one worker per core: pyproject's addopts). Each
+# worker, and every process a test starts, computes on one thread, so the workers do not
+# fight over the cores; `pytest -n 0` runs in one process with torch's default threads.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 # Fast, CPU-only, a couple of batches: the real config shrunk (lightning-hydra-template style).
 SHRINK = [
     "trainer.accelerator=cpu",
