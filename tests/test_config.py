@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from mlnotes_zoo.config import compose, config_dir, group_options
 
@@ -68,29 +68,47 @@ def test_every_model_config_exposes_the_scale_switches(make_cfg, model):
     assert cfg.model.activation_checkpointing is False
 
 
-def test_a_model_sets_its_own_epochs_and_the_command_line_still_wins(run_cli):
-    # a model config pulls in its family's configs/schedule/<name>.yaml (defaults list)
-    used = {}
-    for model in group_options("model"):
-        for entry in OmegaConf.load(config_dir() / "model" / f"{model}.yaml").get("defaults", []):
-            for key in ("/schedule", "override /schedule"):  # mask_rcnn overrides faster_rcnn's
-                if isinstance(entry, DictConfig) and key in entry:
-                    used[model] = entry[key]
-    schedules = {p.stem for p in (config_dir() / "schedule").glob("*.yaml")}
-    assert schedules <= set(used.values()), "a schedule/<name>.yaml that no model uses"
-    default_epochs = compose(["model=vae"]).trainer.max_epochs
+def test_a_model_config_is_one_file_and_the_command_line_still_wins(run_cli):
+    # configs/model/<name>.yaml is global: the LightningModule under `model:` and, where the
+    # model needs them, its epochs and the metric that picks its best checkpoint. It composes
+    # after the trainer and callbacks groups (train.yaml), so those keys win over
+    # trainer/*.yaml and callbacks/*.yaml, and the command line wins over both.
+    default = compose(["model=vae"])
     checked = 0
-    for model, schedule in used.items():
-        epochs = OmegaConf.select(OmegaConf.load(config_dir() / "schedule" / f"{schedule}.yaml"),
-                                  "trainer.max_epochs")
+    for model in group_options("model"):
+        path = config_dir() / "model" / f"{model}.yaml"
+        assert path.read_text().startswith("# @package _global_\n"), path
+        own = OmegaConf.load(path)
+        assert set(own) <= {"defaults", "model", "trainer", "callbacks"}, (model, list(own))
+        assert set(own.get("trainer", {})) <= {"max_epochs"}, model
+        assert set(own.get("callbacks", {})) <= {"model_checkpoint"}, model
+        assert set(OmegaConf.select(own, "callbacks.model_checkpoint", default={})) <= {
+            "monitor", "mode"}, model
+        assert own.defaults[-1] == "_self_", model
+        cfg = compose([f"model={model}"])
+        monitor = OmegaConf.select(own, "callbacks.model_checkpoint.monitor")
+        if monitor is not None:
+            assert monitor != default.callbacks.model_checkpoint.monitor
+            assert cfg.callbacks.model_checkpoint.monitor == monitor
+            assert compose([f"model={model}", "trainer=ddp"]).callbacks.model_checkpoint == (
+                cfg.callbacks.model_checkpoint)
+            assert compose([f"model={model}", "callbacks.model_checkpoint.monitor=val/loss"]
+                           ).callbacks.model_checkpoint.monitor == "val/loss"
+        epochs = OmegaConf.select(own, "trainer.max_epochs")
         if epochs is None:
-            continue  # this schedule picks the checkpoint metric only
-        assert epochs != default_epochs
-        assert compose([f"model={model}"]).trainer.max_epochs == epochs
-        # a trainer choice does not reset the model's schedule; an explicit key beats both
+            continue  # this model picks the checkpoint metric only (or extends one that does)
+        assert epochs != default.trainer.max_epochs
+        assert cfg.trainer.max_epochs == epochs
+        # a trainer choice does not reset the model's epochs; an explicit key beats both
         assert compose([f"model={model}", "trainer=ddp"]).trainer.max_epochs == epochs
         assert compose([f"model={model}", "trainer.max_epochs=3"]).trainer.max_epochs == 3
         checked += 1
-    assert checked >= 3, used  # ctc, gpt, detection
-    code, err = run_cli("schedule=ctc")  # pulled in by the model, not chosen on its own
+    assert checked >= 3  # ctc, conformer_ctc, gpt, faster_rcnn
+    # mask_rcnn extends faster_rcnn: its epochs and mode, its own metric
+    mask = compose(["model=mask_rcnn"])
+    assert mask.trainer.max_epochs == compose(["model=faster_rcnn"]).trainer.max_epochs
+    assert (mask.callbacks.model_checkpoint.monitor, mask.callbacks.model_checkpoint.mode) == (
+        "val/mask_map_50", "max")
+    assert not (config_dir() / "schedule").exists()  # no second file per model
+    code, err = run_cli("schedule=ctc")
     assert code == 2 and "schedule" in err

@@ -46,7 +46,7 @@ def main(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, _convert_="all")
     # a node without _target_ is a model's setting for a callback that is switched off
-    # (callbacks=none leaves schedule/<name>.yaml's model_checkpoint.monitor behind)
+    # (callbacks=none leaves model/<name>.yaml's model_checkpoint.monitor behind)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()
                  if c and "_target_" in c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]

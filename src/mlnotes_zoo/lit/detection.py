@@ -36,7 +36,7 @@ class LitDetection(ZooModule):
         num_pictures: validation images drawn per epoch.
         optimizer, scheduler, activation_checkpointing: see
             :class:`~mlnotes_zoo.lit.base.ZooModule` (the best checkpoint maximises
-            ``val/box_map_50``: configs/schedule/faster_rcnn.yaml).
+            ``val/box_map_50``: configs/model/faster_rcnn.yaml).
     """
 
     net: FasterRCNN
