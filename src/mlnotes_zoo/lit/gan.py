@@ -18,6 +18,7 @@ from mlnotes_zoo.constraints import (
     PositiveInt,
     Seed,
 )
+from mlnotes_zoo.errors import UsageError
 from mlnotes_zoo.lit.base import OptimizerFactory, ZooModule, _batch_size
 from mlnotes_zoo.models.gan import (
     GAN,
@@ -87,7 +88,7 @@ class LitGAN(ZooModule):
     ) -> None:
         for key in ("optimizer", "scheduler"):
             if base_kwargs.get(key) is not None:
-                raise ValueError(f"LitGAN trains two networks: set gen_optimizer and "
+                raise UsageError(f"LitGAN trains two networks: set gen_optimizer and "
                                  f"disc_optimizer, not {key}= (it would be ignored)")
         super().__init__(net=net, **base_kwargs)
         for name in ("gen_optimizer", "disc_optimizer"):  # partials: not checkpoint material

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torchmetrics import SumMetric
 
 from mlnotes_zoo.constraints import Field, Fraction, NonNegativeInt, PositiveInt
+from mlnotes_zoo.errors import UsageError
 from mlnotes_zoo.lit.base import OptimizerFactory, SchedulerFactory, ZooModule
 from mlnotes_zoo.models.transformer import (
     GPT,
@@ -94,8 +95,9 @@ class LitSeq2Seq(ZooModule):
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and getattr(dm, "vocab_size", 0) > self.net.vocab_size:
-            raise ValueError(f"data has {dm.vocab_size} tokens but model.vocab_size is "
-                             f"{self.net.vocab_size}")
+            raise UsageError(f"data has {dm.vocab_size} tokens but model.net.vocab_size is "
+                             f"{self.net.vocab_size}; allowed: model.net.vocab_size >= "
+                             f"{dm.vocab_size}")
         self._vocab = getattr(dm, "vocab", None)
 
     def detokenize(self, tokens: Tensor) -> str:
@@ -168,12 +170,14 @@ class LitGPT(ZooModule):
         if dm is None:
             return
         if getattr(dm, "vocab_size", 0) > self.net.vocab_size:
-            raise ValueError(f"data has {dm.vocab_size} tokens but model.vocab_size is "
-                             f"{self.net.vocab_size}")
+            raise UsageError(f"data has {dm.vocab_size} tokens but model.net.vocab_size is "
+                             f"{self.net.vocab_size}; allowed: model.net.vocab_size >= "
+                             f"{dm.vocab_size}")
         if self.net.embed.positional != "rotary" and getattr(dm, "block_size", 0) > \
                 self.net.max_len:
-            raise ValueError(f"data.block_size ({dm.block_size}) exceeds model.max_len "
-                             f"({self.net.max_len})")
+            raise UsageError(f"data.block_size={dm.block_size} exceeds model.net.max_len="
+                             f"{self.net.max_len}; allowed: data.block_size <= model.net.max_len "
+                             "(or model.net.positional=rotary)")
 
     def model_step(self, batch: Any, stage: str) -> dict[str, Tensor]:
         x, y = batch
