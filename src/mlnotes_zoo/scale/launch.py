@@ -1,4 +1,5 @@
-"""Launch glue: torchrun's environment, one run dir for all ranks, CPU/CUDA-only checks."""
+"""Launch glue: torchrun's environment, one run dir for all ranks, CPU/CUDA-only checks,
+the process group's end."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from typing import Any
 
 from mlnotes_zoo.errors import UsageError
 
-__all__ = ["torchrun_sizes", "share_run_stamp", "resolve_trainer_kwargs", "LaunchError"]
+__all__ = ["torchrun_sizes", "share_run_stamp", "resolve_trainer_kwargs", "end_process_group",
+           "LaunchError"]
 
 
 class LaunchError(UsageError):
@@ -48,6 +50,24 @@ def share_run_stamp() -> None:
     stamp = [time.strftime("%Y-%m-%d_%H-%M-%S")]
     dist.broadcast_object_list(stamp, src=0)
     os.environ["MLNOTES_RUN_STAMP"] = stamp[0]
+
+
+def end_process_group() -> None:
+    """Destroy torch.distributed's process groups, if any: call at the end of a run.
+
+    Neither Lightning (for gloo) nor :func:`share_run_stamp` destroys the group, and one left
+    alive at exit is torn down during interpreter finalisation: a gloo worker thread that
+    drops its last collective's tensors then needs the GIL, Python ends the thread
+    (pthread_exit) and the C++ runtime aborts the process ("terminate called without an
+    active exception", SIGABRT), now and then, after a run that succeeded. Destroying the
+    group here joins those threads while the interpreter is whole. Every rank calls it once
+    it is done with its collectives (not on an error path: a rank that stops part-way must
+    not wait on its peers).
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 _CUDA_ONLY = {
