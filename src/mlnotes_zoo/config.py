@@ -2,19 +2,21 @@
 
 Hydra parses the command line (``train.py``); when an override does not fit the configs,
 :func:`usage_error` turns Hydra's exception into the one or two lines a user needs: the
-unknown key or option, the closest valid one and the valid choices.
+unknown key or option, the closest valid one and the valid choices. :func:`check_replayed`
+holds the overrides a run dir asks ``resume=<run dir>`` to replay to the config schema.
 """
 
 from __future__ import annotations
 
 import difflib
 from pathlib import Path
+from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from mlnotes_zoo.errors import UsageError
 
-__all__ = ["config_dir", "group_options", "compose", "usage_error"]
+__all__ = ["config_dir", "group_options", "compose", "usage_error", "check_replayed"]
 
 
 def config_dir() -> Path:
@@ -44,6 +46,67 @@ def compose(overrides: list[str], *, hydra: bool = False) -> DictConfig:
             return hydra_compose("train", overrides=list(overrides), return_hydra_config=hydra)
     finally:
         GlobalHydra.instance().clear()
+
+
+def check_replayed(saved_file: Path, saved: list[tuple[str, Any]]) -> None:
+    """Refuse an override of a run dir's ``.hydra/overrides.yaml`` that the zoo's configs do
+    not allow (``mlnotes_zoo.resume.expand_resume`` has refused what is never data):
+
+    - a group choice must name a file of ``configs/<group>/`` (not a path elsewhere);
+    - ``+key=``/``++key=`` may only add a parameter to a node built from a target, one that
+      the zoo checks the type of (a zoo constructor's parameter, or one of the typed stand-in
+      parameters of :mod:`mlnotes_zoo.validation` for Lightning's and torch's classes): no new
+      node (a callback, a logger), no parameter that takes an object.
+
+    The composed config is then validated like any other (``train.CheckConfig``).
+    """
+    from mlnotes_zoo.resume import replay_error
+    from mlnotes_zoo.validation import STAND_INS, resolve, target_parameters
+
+    groups = {p.name for p in config_dir().iterdir() if p.is_dir() and p.name != "hydra"}
+    base: list[str] = []
+    adds: list[tuple[str, Any]] = []
+    for line, o in saved:
+        key = str(o.key_or_group)
+        if key in groups:
+            choices = group_options(key)
+            values = o.value() if isinstance(o.value(), list) else [o.value()]
+            if not all(v is None or (isinstance(v, str) and v in choices) for v in values):
+                raise replay_error(saved_file, line,
+                                   f"{key} must be one of configs/{key}/: {', '.join(choices)}")
+            base.append(line)
+        elif (o.is_add() or o.is_force_add()) and key not in ("ckpt_path", "resume"):
+            adds.append((line, o))
+        elif not o.is_delete() and key not in ("ckpt_path", "resume"):
+            base.append(line)
+    if not adds:
+        return
+    try:
+        cfg = compose(base)
+    except Exception as err:  # noqa: BLE001 - Hydra's composition errors have several types
+        raise replay_error(saved_file, " ".join(base),
+                           f"these do not compose ({usage_error(err).args[0].splitlines()[0]})"
+                           ) from None
+    for line, o in adds:
+        prefix, _, leaf = str(o.key_or_group).rpartition(".")
+        node = OmegaConf.select(cfg, prefix, throw_on_missing=False) if prefix else cfg
+        if isinstance(node, DictConfig) and leaf in node and o.is_force_add():
+            continue  # ++ of an existing key: a plain set
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            raise replay_error(saved_file, line, f"it adds a new node ({prefix or leaf} is not "
+                                                 "a node of the configs built from a target)")
+        resolved = resolve(node, prefix)
+        target = resolved[0] if resolved else str(node._target_)
+        if resolved and (target.startswith(("registry:", "mlnotes_zoo."))):
+            params = target_parameters(*resolved)[0]
+        else:
+            from mlnotes_zoo.constraints import parameters
+
+            params = parameters(STAND_INS[target])[0] if target in STAND_INS else {}
+        if leaf not in params:
+            raise replay_error(saved_file, line, f"{leaf} is not a parameter of {prefix} "
+                                                 f"({target.removeprefix('registry:')}) that "
+                                                 "the zoo checks the type of")
 
 
 def usage_error(err: Exception) -> UsageError:

@@ -33,7 +33,8 @@ from mlnotes_zoo.errors import ZooError
 from mlnotes_zoo.weights import atomic_path, safe_torch_load
 
 __all__ = ["AtomicCheckpointIO", "RandomState", "rng_state", "set_rng_state", "ResumeError",
-           "resume_checkpoint", "expand_resume", "continue_csv_logs"]
+           "resume_checkpoint", "expand_resume", "ReplayError", "hydra_value",
+           "continue_csv_logs"]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -167,32 +168,43 @@ def resume_checkpoint(ckpt_path: str | None, resume: str | None, output_dir: Pat
     return str(last)
 
 
-def expand_resume(argv: list[str]) -> list[str]:
+def expand_resume(argv: list[str],
+                  check: Callable[[Path, list[tuple[str, Any]]], None] | None = None) -> list[str]:
     """``resume=<run dir>`` on the command line continues that run in that dir: its
     overrides (``.hydra/overrides.yaml``) come first, the new ones win, and
-    ``hydra.run.dir`` is set to it. Other command lines are returned as they are."""
+    ``hydra.run.dir`` is set to it. Other command lines are returned as they are.
+
+    A run dir is data, perhaps someone else's: its overrides may only set values. Each saved
+    line is refused (:class:`ReplayError`, nothing run) when it names a ``_target_`` or
+    another ``_..._`` key, sets ``hydra.*``, a package (``@``) or where the run writes, adds
+    or deletes anything but what ``check`` allows, or has a value that is not plain data (a
+    dict, an interpolation ``${...}``, a sweep). ``check(file, [(line, override), ...])``
+    (``mlnotes_zoo.config.check_replayed``, which knows the configs) then vets group choices
+    and ``+key=`` additions against the zoo's config schema.
+    """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    resume = [a.split("=", 1)[1] for a in argv if a.startswith("resume=")]
-    if not resume or resume[-1] in ("auto", "null", ""):
+    parser = OverridesParser.create()
+    resume = [parser.parse_overrides([a])[0].value() for a in argv if a.startswith("resume=")]
+    if not resume or resume[-1] in ("auto", "null", "", None):
         return argv
-    run_dir = Path(resume[-1]).expanduser()
+    run_dir = Path(str(resume[-1])).expanduser()
     if any(a in ("-m", "--multirun") for a in argv):
         raise ResumeError("resume=<run dir> continues one run; it cannot be combined with -m")
     resume_checkpoint(None, str(run_dir), run_dir)  # a clear error now if there is nothing
-    parser = OverridesParser.create()
+    _refuse_links_out(run_dir)
     new = [a for a in argv if not a.startswith("-")]
     new_keys = {o.key_or_group: o for o in parser.parse_overrides(new)}
     saved_file = run_dir / ".hydra" / "overrides.yaml"
-    saved: list[str] = []
-    if saved_file.is_file():
-        import yaml
-
-        saved = [str(s) for s in yaml.safe_load(saved_file.read_text()) or []]
+    saved = _saved_overrides(saved_file, parser)
+    for line, o in saved:
+        _refuse_unsafe(saved_file, line, o)
+    if check is not None:
+        check(saved_file, saved)
     kept, forced = [], set()
-    for line, o in zip(saved, parser.parse_overrides(saved), strict=True):
+    for line, o in saved:
         key = o.key_or_group
-        if key in ("resume", "ckpt_path") or key.startswith("hydra."):
+        if key in ("resume", "ckpt_path"):
             continue
         if key in new_keys:  # given again: the new value wins
             if o.is_add() or o.is_force_add():
@@ -204,8 +216,125 @@ def expand_resume(argv: list[str]) -> list[str]:
         key = arg.lstrip("+~").split("=", 1)[0]
         out.append("++" + arg.lstrip("+") if key in forced and "=" in arg else arg)
     if not any(a.startswith("hydra.run.dir=") for a in argv):
-        out.append(f"hydra.run.dir={run_dir}")
+        out.append(f"hydra.run.dir={hydra_value(str(run_dir))}")
     return [*kept, *out]
+
+
+class ReplayError(ResumeError):
+    """A run dir's saved overrides ask for more than values: refused before anything runs."""
+
+
+# what a replayed override may not touch, and why (one line each)
+_REPLAY_ALLOWED = ("a run dir's overrides may only set values of the zoo's configs "
+                   "(key=value, +key=value for a parameter of the node's target, "
+                   "group=<a file of configs/<group>/>)")
+_OUTPUT_KEYS = {"dirpath", "save_dir", "default_root_dir", "output_dir"}
+# deleting these would stop resuming from being exact or last.ckpt from being written
+_KEPT_NODES = {"callbacks.last_checkpoint", "callbacks.random_state"}
+
+
+def replay_error(saved_file: Path, line: str, why: str) -> ReplayError:
+    """One line: the file, the refused override, why, and what is allowed."""
+    return ReplayError(f"resume: refusing {line!r} in {saved_file}: {why}; {_REPLAY_ALLOWED}")
+
+
+def _refuse_links_out(run_dir: Path) -> None:
+    """A resumed run writes into its run dir (Hydra's ``.hydra/*.yaml``, ``train.log``, the
+    CSV log, checkpoints): a symlink in it that leads out of it would have those writes land
+    on another file."""
+    root = run_dir.resolve()
+    for folder, dirs, files in os.walk(run_dir):
+        for name in [*dirs, *files]:
+            path = Path(folder, name)
+            if path.is_symlink() and not path.resolve().is_relative_to(root):
+                raise ReplayError(f"resume: {path} is a symlink to {os.readlink(path)}, out of "
+                                  "the run dir; a resumed run writes into its run dir only "
+                                  "(replace the link by a copy)")
+
+
+def _saved_overrides(saved_file: Path, parser: Any) -> list[tuple[str, Any]]:
+    """The saved overrides, each parsed alone (so that an error names its line)."""
+    import yaml
+
+    if not saved_file.is_file():
+        return []
+    try:
+        lines = yaml.safe_load(saved_file.read_text())  # data only: no YAML tags run
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        reason = " ".join(str(err).split())[:120]
+        raise ReplayError(f"resume: {saved_file} is not valid YAML ({reason}); it must be the "
+                          "list of overrides Hydra wrote for that run") from None
+    if lines is None:
+        return []
+    if not isinstance(lines, list) or not all(isinstance(s, str) for s in lines):
+        raise ReplayError(f"resume: {saved_file} must be a YAML list of override strings "
+                          f"(key=value), found {type(lines).__name__}"
+                          + (" with non-string items" if isinstance(lines, list) else ""))
+    parsed = []
+    for line in lines:
+        try:
+            parsed.append((line, parser.parse_overrides([line])[0]))
+        except Exception as err:  # noqa: BLE001 - Hydra's parse errors have several types
+            raise replay_error(saved_file, line, f"cannot be parsed ({str(err).splitlines()[0]})"
+                               ) from None
+    return parsed
+
+
+def _refuse_unsafe(saved_file: Path, line: str, o: Any) -> None:
+    """Refuse a saved override that could do more than set a value (no schema needed)."""
+    key = str(o.key_or_group)
+    parts = key.replace("/", ".").split(".")
+    why = None
+    if parts[0] == "hydra":
+        why = "it changes Hydra itself (hydra.*: launcher, callbacks, run dir, logging)"
+    elif any(p.startswith("_") for p in parts):
+        why = f"{key} is a {'_target_' if '_target_' in parts else '_..._'} key (what to build)"
+    elif o.package is not None:
+        why = "it places a config with @package"
+    elif parts[-1] in _OUTPUT_KEYS or key.startswith("paths."):
+        why = "it moves where the run writes (a resumed run writes into its run dir)"
+    elif o.is_delete():
+        if len(parts) != 2 or parts[0] not in ("callbacks", "logger") or key in _KEPT_NODES:
+            why = ("it deletes a node; only a callback or logger may be switched off "
+                   f"(~callbacks.<name>, ~logger.<name>; not {', '.join(sorted(_KEPT_NODES))})")
+    elif o.is_sweep_override():
+        why = "it is a sweep; a run has one value per key"
+    else:
+        why = _not_plain(o.value())
+    if why:
+        raise replay_error(saved_file, line, why)
+
+
+def _not_plain(value: Any) -> str | None:
+    """Why ``value`` is not plain data (None when it is: a scalar or a list of them)."""
+    if isinstance(value, dict):
+        return "its value is a config node (a dict)"
+    if isinstance(value, list):
+        return next((why for v in value if (why := _not_plain(v))), None)
+    if isinstance(value, str) and "${" in value:
+        return "its value is an interpolation ${...} (resolved from the environment or code)"
+    if value is not None and not isinstance(value, (str, int, float, bool)):
+        return f"its value is a {type(value).__name__}"
+    return None
+
+
+def hydra_value(text: str) -> str:
+    """``text`` as a Hydra override value that parses back to ``text`` exactly: as it is
+    when it already does (a plain path), else single-quoted with ``'`` and ``${`` escaped
+    (a path with ``=``, ``,``, brackets, quotes ...)."""
+    import re
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        if "${" not in text and OverridesParser.create().parse_overrides(
+                [f"k={text}"])[0].value() == text:
+            return text
+    except Exception:  # noqa: BLE001, S110 - not a plain value: quote it
+        pass
+    quoted = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", text.replace("${", "\\${"))
+    quoted = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, quoted)
+    return f"'{quoted}'"
 
 
 def continue_csv_logs(loggers: list[Any], ckpt_path: str | os.PathLike) -> None:

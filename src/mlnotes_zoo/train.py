@@ -189,16 +189,18 @@ def cli(argv: list[str] | None = None) -> None:
     import hydra
     from hydra.errors import HydraException
 
-    from mlnotes_zoo.config import config_dir
+    from mlnotes_zoo.config import check_replayed, config_dir
     from mlnotes_zoo.errors import ZooError
     from mlnotes_zoo.resume import expand_resume
     from mlnotes_zoo.scale.launch import end_process_group, share_run_stamp
 
     _quiet_third_party()
     try:
-        # resume=<run dir>: that run's saved overrides must take part in the composition, so
-        # they go in front of the new ones here (the one place the command line is rewritten)
-        sys.argv = [sys.argv[0], *expand_resume(sys.argv[1:] if argv is None else argv)]
+        # The one place the command line is rewritten: ckpt_path=/resume= take a path as it
+        # is given (Lightning's names hold "="); resume=<run dir>: that run's saved overrides,
+        # held to the config schema, take part in the composition in front of the new ones.
+        args = [_path_as_given(a) for a in (sys.argv[1:] if argv is None else argv)]
+        sys.argv = [sys.argv[0], *expand_resume(args, check=check_replayed)]
         share_run_stamp()  # under torchrun: one run dir for every rank
         with _hydra_errors_raised():
             hydra.main(config_path=str(config_dir()), config_name="train",
@@ -206,6 +208,21 @@ def cli(argv: list[str] | None = None) -> None:
         end_process_group()  # a DDP run's group, before the interpreter is torn down
     except (ZooError, HydraException) as err:  # a wrong override or value: nothing was run
         _exit(err)
+
+
+def _path_as_given(arg: str) -> str:
+    """``ckpt_path=<path>`` / ``resume=<run dir>`` with the path as the user typed it: quoted
+    for Hydra when it holds characters Hydra's grammar reads (``epoch=3-step=40.ckpt``,
+    commas, brackets, quotes). Quoted values, ``null``, ``auto`` and interpolations stay."""
+    from mlnotes_zoo.resume import hydra_value
+
+    match = re.fullmatch(r"(\+{0,2})(ckpt_path|resume)=(.*)", arg, flags=re.DOTALL)
+    if match is None:
+        return arg
+    plus, key, value = match.groups()
+    if value[:1] in ("'", '"') or value in ("", "null", "auto") or value.startswith("${"):
+        return arg
+    return f"{plus}{key}={hydra_value(value)}"
 
 
 class CheckConfig(Callback):
