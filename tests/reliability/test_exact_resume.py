@@ -148,6 +148,7 @@ SMALLER = {
     "ctc": ["data.train_size=64", "data.val_size=16", "data.test_size=16"],
     "conformer_ctc": ["data.train_size=64", "data.val_size=16", "data.test_size=16"],
     "gpt": ["model.net.dim=32", "model.net.num_layers=1"],
+    "rnn_seq2seq": ["data.train_size=512", "data.val_size=64", "data.test_size=64"],
 }
 
 

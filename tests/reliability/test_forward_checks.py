@@ -113,6 +113,12 @@ WRONG_SIZES: dict[str, list[tuple[str, Callable, str]]] = {
         ("batched grey", lambda m: [torch.rand(2, 1, 64, 64)], "(B, 3, H, W)")],
     "mask_rcnn": [
         ("grey image", lambda m: [[torch.rand(1, 64, 64)]], "(3, H, W)")],
+    "rnn_seq2seq": [
+        ("batch mismatch", lambda m: [m.example_input(2)[0], m.example_input(3)[1]],
+         "tgt_in must be an integer tensor of shape (2, T)"),
+        ("float source", lambda m: [m.example_input(2)[0].float(), m.example_input(2)[1]],
+         "(B, S)")],
+    "act": [("features", lambda m: [torch.ones(2, m.in_features + 1)], "(B, 16)")],
 }
 
 SIZE_CASES = [(name, i) for name, cases in WRONG_SIZES.items() for i in range(len(cases))]

@@ -134,6 +134,7 @@ DRAW: dict[str, Callable] = {
     "dcgan": _draw_gan, "wgan_gp": _draw_gan, "pondernet": _draw_pondernet,
     "transformer": _draw_transformer, "gpt": _draw_gpt, "ctc": _draw_ctc,
     "conformer_ctc": _draw_ctc, "faster_rcnn": _draw_detection, "mask_rcnn": _draw_detection,
+    "rnn_seq2seq": _draw_transformer, "act": _draw_pondernet,
 }
 
 
@@ -153,8 +154,10 @@ def _expected_shapes(name: str, model, args) -> dict[int, tuple[int, ...]]:
         return {1: (b, model.feature_dim)}
     if name == "pondernet":
         return {0: (model.max_steps, b, model.out_features), 1: (model.max_steps, b)}
-    if name == "transformer":
+    if name in ("transformer", "rnn_seq2seq"):
         return {-1: (b, args[1].shape[1], model.vocab_size)}
+    if name == "act":
+        return {0: (b, model.out_features), 1: (b,), 2: (model.max_steps, b)}
     if name == "gpt":
         return {-1: (b, x.shape[1], model.vocab_size)}
     if name in ("ctc", "conformer_ctc"):
@@ -178,6 +181,8 @@ def _example_outputs(name: str, out, i: int, alone: bool) -> list[torch.Tensor]:
         return [out.mu[j], out.logvar[j]]
     if name == "pondernet":
         return [out.y_hat[:, j], out.lambdas[:, j]]
+    if name == "act":
+        return [out.y_hat[j], out.ponder_cost[j], out.halting_probs[:, j], out.state[j]]
     if name in ("ctc", "conformer_ctc"):
         frames = int(out.lengths[j])
         return [out.log_probs[j, :frames], out.lengths[j]]
@@ -491,6 +496,52 @@ def test_vqvae_terms_are_per_example_means_with_equal_values(b, side, beta, seed
     _close(codebook, commitment)  # same value; they differ only in where the gradient goes
     _close(losses.vqvae_loss(recon, codebook, commitment, beta),
            recon + codebook + beta * commitment)
+
+
+@covers("act_halting", "act_loss")
+@SOME
+@given(b=batch_sizes, steps=st.integers(1, 12), eps=st.floats(0.001, 0.5), seed=seeds)
+def test_act_halting_is_a_distribution_and_the_ponder_cost_counts_its_steps(b, steps, eps, seed):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.rand(steps, b, generator=g, dtype=torch.float64)
+    out = losses.act_halting(h, epsilon=eps)
+    assert out.halting_probs.shape == (steps, b) and (out.halting_probs >= 0).all()
+    _close(out.halting_probs.sum(0), torch.ones(b, dtype=h.dtype))
+    assert ((out.steps >= 1) & (out.steps <= steps)).all()
+    assert ((out.remainder > 0) & (out.remainder <= 1)).all()
+    n = torch.arange(1, steps + 1)[:, None]
+    assert (out.halting_probs[n > out.steps] == 0).all()
+    # every step before N stayed below 1 − ε
+    assert (h.cumsum(0)[n < out.steps] < 1 - eps).all()
+    rho = out.steps.double() + out.remainder
+    y_hat = torch.randn(b, 1, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 2, (b,), generator=g).double()
+    parts = losses.act_loss(y_hat, y, rho, tau=0.1)
+    assert parts["task"] >= 0 and parts["ponder_cost"] >= 1
+    _close(parts["loss"], parts["task"] + 0.1 * parts["ponder_cost"])
+
+
+@covers("sequence_log_prob", "inverse_sigmoid_decay", "length_penalty")
+@SOME
+@given(b=batch_sizes, t=st.integers(1, 12), vocab=st.integers(3, 10), k=st.floats(1, 1e4),
+       seed=seeds)
+def test_sequence_log_prob_is_a_nonpositive_sum_and_the_schedules_are_monotone(
+        b, t, vocab, k, seed):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(b, t, vocab, generator=g)
+    targets = torch.randint(1, vocab, (b, t), generator=g)
+    targets[:, t // 2 + 1:] = 0  # padding
+    log_p = losses.sequence_log_prob(logits, targets, pad_id=0)
+    assert log_p.shape == (b,) and (log_p <= 0).all()
+    per_token = losses.token_cross_entropy(logits, targets, ignore_index=0, reduction="none")
+    _close(log_p, -per_token.sum(1))
+    steps = torch.arange(0, 20 * int(k) + 1, max(1, int(k) // 5))
+    eps = losses.inverse_sigmoid_decay(steps, k)
+    assert ((eps > 0) | (steps > 0)).all() and (eps <= 1).all() and (eps[1:] <= eps[:-1]).all()
+    lengths = torch.arange(1.0, 10.0)
+    assert (losses.length_penalty(lengths, 0.0) == 1).all()
+    penalty = losses.length_penalty(lengths, 1.0)
+    assert (penalty[1:] > penalty[:-1]).all()
 
 
 def test_every_loss_has_a_property_test():
