@@ -125,17 +125,24 @@ def check_arguments(fn: Callable[..., Any], kwargs: Mapping[str, Any], *, where:
 
 
 def show(value: Any) -> str:
-    """A value as it is written on the command line: null, true, 'text', [1, 2]."""
+    """A value as it is written on the command line: null, true, 'text', [1, 2].
+
+    Long values are cut (a weight file's spec may hold anything): a string after 60
+    characters, a list after 8 items, a number after 40 digits, each marked with '…'.
+    """
     if value is None:
         return "null"
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, str):
-        return repr(value)
+        return repr(value) if len(value) <= 60 else f"{value[:57]!r}…"
     if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
-        inner = ", ".join(show(v) for v in value)
+        inner = ", ".join(show(v) for v in value[:8]) + (", …" if len(value) > 8 else "")
         return f"[{inner}]" if isinstance(value, list) else f"({inner}{',' * (len(value) == 1)})"
-    return str(value)
+    if isinstance(value, int) and abs(value) >= 10**40:
+        return f"{str(value)[:12]}…({len(str(abs(value)))} digits)"
+    text = str(value)
+    return text if len(text) <= 80 else f"{text[:79]}…"
 
 
 def _type_hints(function: Callable[..., Any]) -> dict[str, Any]:
@@ -269,6 +276,11 @@ def _parts(annotation: Any) -> tuple[str, str, str]:
     base, meta = _base(annotation)
     condition = _condition(meta)
     origin, args = typing.get_origin(base), typing.get_args(base)
+    shortest = max((getattr(item, "min_length", None) or 0 for m in meta
+                    for item in (*getattr(m, "metadata", ()), m)), default=0)
+    if base is str and shortest:
+        return ("a non-empty string" if shortest == 1 else
+                f"a string of at least {shortest} characters"), "strings", condition
     if base in _NOUNS:
         return (*_NOUNS[base], condition)
     if origin is Literal:
@@ -289,6 +301,10 @@ def _parts(annotation: Any) -> tuple[str, str, str]:
             inner = plural + (f", each {each}" if each else "")
         else:
             inner = "values"
+        if shortest:  # Field(min_length=...)
+            size = "non-empty " if shortest == 1 else ""
+            inner = inner if shortest == 1 else f"at least {shortest} {inner}"
+            return f"a {size}list of {inner}", f"{size}lists of {inner}", condition
         return f"a list of {inner}", f"lists of {inner}", condition
     if origin in (dict, collections.abc.Mapping) or base is dict:
         return "a mapping", "mappings", condition

@@ -184,3 +184,80 @@ def test_truncated_or_foreign_files_are_reported(tmp_path):
             create_model("vae", weights=path)
     with pytest.raises(FileNotFoundError):
         create_model("vae", weights=tmp_path / "absent.ckpt")
+
+
+def _safetensors_of(path: Path, name: str, **kwargs) -> Path:
+    from safetensors.torch import save_file
+
+    net = create_model(name, **kwargs)
+    save_file({k: v.detach().clone() for k, v in net.state_dict().items()}, str(path),
+              metadata={"mlnotes_zoo.net": json.dumps(net.zoo_spec)})
+    return path
+
+
+@pytest.mark.parametrize("name", ["vae.safetensors", "vae.ckpt"])
+def test_resuming_from_a_safetensors_file_says_it_is_weights_not_a_checkpoint(make_cfg, tmp_path,
+                                                                             capsys, name):
+    weights = _safetensors_of(tmp_path / name, "vae", in_shape=[1, 8, 8], latent_dim=4,
+                              hidden=32)
+    with pytest.raises(SystemExit) as info:
+        _task(make_cfg(*TINY, f"ckpt_path={weights}"))
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {weights} is a safetensors weights file"), err
+    assert "not a training checkpoint" in err and "create_model(<name>, weights=" in err, err
+    assert len(err.splitlines()) == 1 and "KeyError" not in err, err
+
+
+def _lightning_checkpoint(path: Path, module, *, family: bool = True) -> Path:
+    """What Trainer.save_checkpoint writes for the module (its weights and hyper-parameters,
+    and the family ZooModule.on_save_checkpoint records; ``family=False``: an older file)."""
+    import pytorch_lightning as pl
+
+    checkpoint = {"pytorch-lightning_version": pl.__version__, "epoch": 0, "global_step": 0,
+                  "state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    module.on_save_checkpoint(checkpoint)
+    if not family:
+        del checkpoint[module.FAMILY_KEY]
+    torch.save(checkpoint, path)
+    return path
+
+
+@pytest.mark.parametrize("family", [True, False], ids=["recorded family", "older checkpoint"])
+def test_load_from_checkpoint_of_another_family_names_both(tmp_path, family):
+    from mlnotes_zoo.lit.gan import LitGAN
+    from mlnotes_zoo.lit.vae import LitVAE
+
+    gan = LitGAN(net=create_model("dcgan", in_shape=[1, 8, 8], latent_dim=8, gen_width=8,
+                                  disc_width=8))
+    path = _lightning_checkpoint(tmp_path / "gan.ckpt", gan, family=family)
+    with pytest.raises(IncompatibleWeightsError) as info:
+        LitVAE.load_from_checkpoint(path)
+    message = str(info.value)
+    assert f"{path} is a checkpoint of " in message and "a 'dcgan' network" in message
+    assert "not of LitVAE" in message and "LitVAE takes no objective" in message
+    assert ("LitGAN.load_from_checkpoint" if family else "model=dcgan") in message
+    assert len(message.splitlines()) == 1
+    # its own class loads it, weights and all
+    loaded = LitGAN.load_from_checkpoint(path)
+    for key, value in gan.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_load_from_checkpoint_checks_the_network_spec_before_building(tmp_path):
+    from mlnotes_zoo.lit.vae import LitVAE
+
+    vae = LitVAE(net=create_model("vae", in_shape=[1, 8, 8], latent_dim=2, hidden=4))
+    path = _lightning_checkpoint(tmp_path / "vae.ckpt", vae)
+    loaded = LitVAE.load_from_checkpoint(path)
+    assert loaded.net.zoo_spec == vae.net.zoo_spec
+    checkpoint = torch.load(path, weights_only=True)
+    for hidden, error, text in [(10**12, UnsafeCheckpointError, "refused to build vae"),
+                                (-1, UnreadableWeightsError, "hidden=-1: must be an integer"),
+                                (8, IncompatibleWeightsError, "differ in shape")]:
+        checkpoint["hyper_parameters"]["net"]["hidden"] = hidden
+        torch.save(checkpoint, path)
+        with pytest.raises(error, match=text):
+            LitVAE.load_from_checkpoint(path)
+    with pytest.raises(UnreadableWeightsError, match="is a safetensors weights file"):
+        LitVAE.load_from_checkpoint(_safetensors_of(tmp_path / "vae.safetensors", "vae"))

@@ -7,15 +7,17 @@ A family's LightningModule subclasses :class:`ZooModule` and implements ``model_
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from mlnotes_zoo.constraints import check_arguments
+from mlnotes_zoo.constraints import check_arguments, parameters
 from mlnotes_zoo.errors import ZooError
 from mlnotes_zoo.registry import create_model
 from mlnotes_zoo.scale.activation_checkpointing import apply_activation_checkpointing
@@ -187,7 +189,94 @@ class ZooModule(pl.LightningModule):
         raise NonFiniteLossError(f"non-finite loss at {where}: {parts}")
 
     # -- checkpoints ------------------------------------------------------------------------
+    FAMILY_KEY = "mlnotes_zoo_module"  # checkpoint entry: the LightningModule's family
+
+    @classmethod
+    def family(cls) -> str:
+        """The zoo LightningModule this class is or derives from (``LitGAN``): the family
+        whose checkpoints it loads (a subclass written in a test or a notebook belongs to
+        its parent's family)."""
+        for klass in cls.__mro__:
+            if klass.__module__.startswith("mlnotes_zoo.lit.") and klass is not ZooModule:
+                return klass.__qualname__
+        return cls.__qualname__
+
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls,
+        checkpoint_path: str | os.PathLike | IO,
+        map_location: Any = None,
+        hparams_file: str | os.PathLike | None = None,
+        strict: bool | None = None,
+        weights_only: bool | None = None,
+        **kwargs: Any,
+    ) -> ZooModule:
+        """Lightning's ``load_from_checkpoint``, once the checkpoint is known to fit: written by
+        this family (:meth:`check_family`), its network spec checked and its network compared
+        with its tensors on the ``meta`` device before anything is built
+        (:func:`mlnotes_zoo.weights.network_on_meta`), read with ``weights_only=True``."""
+        if isinstance(checkpoint_path, (str, os.PathLike)) and Path(checkpoint_path).is_file():
+            from mlnotes_zoo.weights import safe_torch_load
+
+            # the tensors are mapped from the file, not read, to look at the hyper-parameters
+            checkpoint = safe_torch_load(checkpoint_path, mmap=True)
+            cls.check_family(checkpoint, source=str(checkpoint_path), given=kwargs,
+                             compare=strict is not False)
+        return super().load_from_checkpoint(
+            checkpoint_path, map_location=map_location, hparams_file=hparams_file, strict=strict,
+            weights_only=weights_only, **kwargs)
+
+    @classmethod
+    def check_family(cls, checkpoint: Any, *, source: str, given: Mapping[str, Any],
+                     compare: bool = True) -> None:
+        """Raise :class:`~mlnotes_zoo.weights.IncompatibleWeightsError` naming both families
+        when ``checkpoint`` was written by another LightningModule (its recorded family, or
+        hyper-parameters this class does not take), and check its network spec as a weight
+        file's (:func:`~mlnotes_zoo.weights.check_spec`, ``network_on_meta``).
+        ``given``: the keyword arguments that override the saved hyper-parameters;
+        ``compare=False`` (``strict=False``): the tensors need not match, only the size
+        limits apply."""
+        from mlnotes_zoo.weights import (
+            IncompatibleWeightsError,
+            UnreadableWeightsError,
+            check_spec,
+            network_on_meta,
+        )
+
+        if not isinstance(checkpoint, Mapping):
+            raise UnreadableWeightsError(f"{source}: not a Lightning checkpoint (a "
+                                         f"{type(checkpoint).__name__}, not a mapping)")
+        hparams = checkpoint.get("hyper_parameters") or {}
+        if not isinstance(hparams, Mapping):
+            raise UnreadableWeightsError(f"{source}: its 'hyper_parameters' is a "
+                                         f"{type(hparams).__name__}, not a mapping")
+        net = hparams.get("net")
+        net_name = net.get("name") if isinstance(net, Mapping) else None
+        written_by = checkpoint.get(cls.FAMILY_KEY)
+        params, open_kwargs = parameters(cls)
+        foreign = [str(k) for k in hparams if k not in params and k not in given]
+        if (isinstance(written_by, str) and written_by != cls.family()) or (
+                foreign and not open_kwargs):
+            theirs = written_by if isinstance(written_by, str) else "another LightningModule"
+            network = f" (a {net_name!r} network)" if isinstance(net_name, str) else ""
+            takes = f"; {cls.__name__} takes no {', '.join(foreign[:3])}" if foreign else ""
+            use = (f"{written_by}.load_from_checkpoint" if isinstance(written_by, str) else
+                   f"the LightningModule of model={net_name}" if isinstance(net_name, str) else
+                   "the LightningModule it was written by")
+            raise IncompatibleWeightsError(
+                f"{source} is a checkpoint of {theirs}{network}, not of {cls.family()}{takes}: "
+                f"load it with {use}, or its network alone with mlnotes_zoo.load_checkpoint")
+        if "net" in given or net is None:
+            return
+        spec = check_spec(net, source)
+        state = checkpoint.get("state_dict")
+        if isinstance(state, Mapping):
+            tensors = {k[4:]: v for k, v in state.items()
+                       if isinstance(k, str) and k.startswith("net.") and isinstance(v, Tensor)}
+            network_on_meta(spec.pop("name"), spec, tensors, source=source, compare=compare)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[self.FAMILY_KEY] = self.family()
         bad = [name for name, p in self.named_parameters() if not _finite(p, allow_inf=False)]
         bad += [name for name, b in self.named_buffers() if not _finite(b, allow_inf=True)]
         if bad:

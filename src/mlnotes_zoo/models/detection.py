@@ -165,12 +165,16 @@ class FasterRCNN(tvdet.FasterRCNN):
         image_mean: tuple[Fraction, Fraction, Fraction] = (0.5, 0.5, 0.5),
         image_std: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = (0.25, 0.25, 0.25),
         backbone_stem_channels: PositiveInt = 16,
-        backbone_stage_channels: tuple[PositiveInt, ...] = (16, 32, 64),
-        backbone_stage_blocks: tuple[PositiveInt, ...] = (1, 1, 1),
+        backbone_stage_channels: Annotated[tuple[PositiveInt, ...], Field(min_length=1)] = (
+            16, 32, 64),
+        backbone_stage_blocks: Annotated[tuple[PositiveInt, ...], Field(min_length=1)] = (
+            1, 1, 1),
         backbone_out_channels: PositiveInt = 32,
         backbone_extra_pool: bool = False,
-        rpn_anchor_sizes: tuple[tuple[PositiveInt, ...], ...] = ((12,), (24,), (48,)),
-        rpn_aspect_ratios: tuple[PositiveFloat, ...] = (0.5, 1.0, 2.0),
+        rpn_anchor_sizes: tuple[Annotated[tuple[PositiveInt, ...], Field(min_length=1)], ...] = (
+            (12,), (24,), (48,)),
+        rpn_aspect_ratios: Annotated[tuple[PositiveFloat, ...], Field(min_length=1)] = (
+            0.5, 1.0, 2.0),
         rpn_conv_depth: PositiveInt = 1,
         rpn_fg_iou_thresh: Fraction = 0.7,
         rpn_bg_iou_thresh: Fraction = 0.3,
@@ -189,7 +193,8 @@ class FasterRCNN(tvdet.FasterRCNN):
         box_bg_iou_thresh: Fraction = 0.5,
         box_batch_size_per_image: PositiveInt = 64,
         box_positive_fraction: Fraction = 0.25,
-        box_bbox_reg_weights: tuple[float, float, float, float] | None = None,
+        box_bbox_reg_weights: tuple[PositiveFloat, PositiveFloat, PositiveFloat,
+                                    PositiveFloat] | None = None,
         box_score_thresh: Fraction = 0.05,
         box_nms_thresh: Fraction = 0.5,
         box_detections_per_img: PositiveInt = 20,
