@@ -30,7 +30,13 @@ def create_model(name: str, *, weights: str | PathLike | None = None, **kwargs: 
     ``train.py`` (read with ``torch.load(weights_only=True)``: a pickle that would run code is
     refused). Its saved kwargs are the defaults, so ``create_model("vae", weights=f)``
     rebuilds the saved network; a file of another model, or kwargs whose tensors differ, is
-    an error naming the model, keys and shapes (:mod:`mlnotes_zoo.weights`).
+    an error naming the model, keys and shapes (:mod:`mlnotes_zoo.weights`). The file is
+    data: its spec is checked like ``kwargs`` and the network compared with its tensors on
+    the ``meta`` device before anything is allocated; its format is read from its content.
+
+    ``kwargs`` are checked against the builder's annotations, the command line's check:
+    ``create_model("vae", latent_dim=0)`` raises ``vae: latent_dim=0: must be an integer
+    >= 1`` (a :class:`~mlnotes_zoo.errors.UsageError`, a ``ValueError``).
     """
     if weights is not None:
         return load_weights(name, weights, kwargs)
