@@ -148,7 +148,7 @@ class LitACT(ZooModule):
         """Per k (non-zero entries): count, mean N, mean p(n | k); None before evaluation."""
         if not self.halting_stats.update_called:
             return None
-        return {**self.halting_stats.compute(), "halting": f"ACT, eps={self.net.epsilon:g}"}
+        return {**self.halting_stats.compute(), "halting": "ACT"}
 
     @torch.no_grad()
     def pictures(self, batch: Any) -> dict[str, Tensor]:

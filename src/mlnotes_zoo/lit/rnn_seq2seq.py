@@ -57,7 +57,7 @@ class LitRNNSeq2Seq(LitSeq2Seq):
 
     def __init__(self, *, net: nn.Module | Mapping[str, Any],
                  teacher_forcing: Fraction | Literal["scheduled"] = 1.0,
-                 schedule_k: ScheduleK = 300.0, beam_size: PositiveInt = 4,
+                 schedule_k: ScheduleK = 150.0, beam_size: PositiveInt = 4,
                  length_alpha: NonNegativeFloat = 1.0, **kwargs: Any) -> None:
         super().__init__(net=net, **kwargs)
         self.teacher_forcing, self.schedule_k = teacher_forcing, schedule_k
