@@ -125,7 +125,13 @@ def usage_error(err: Exception) -> UsageError:
             getattr(cause, "parent_node", None), DictConfig) and cause.full_key:
         return UsageError(_unknown_key(str(cause.full_key), cause.parent_node))
     if isinstance(err, OverrideParseException):
-        return UsageError(f"cannot parse {err.override!r}: {str(err).splitlines()[0]}")
+        first = f"cannot parse {err.override!r}: {str(err).splitlines()[0]}"
+        key, eq, value = str(err.override or "").partition("=")
+        if eq and value and value[:1] not in "'\"":
+            # e.g. a path with "=": Hydra's grammar reads it; quoted, it is one string
+            return UsageError(f"{first}\nquote a value that holds = , [ ] {{ }} ( ) or quotes: "
+                              f"{key}='\"{value}\"' (shell quotes around Hydra's)")
+        return UsageError(first)
     return UsageError("\n".join(str(err).strip().splitlines()[:2]))
 
 

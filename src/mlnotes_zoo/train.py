@@ -32,7 +32,7 @@ def main(cfg: DictConfig) -> dict[str, float]:
     """Fit, test the best checkpoint, write ``metrics.json``; returns the test metrics."""
     import pytorch_lightning as pl
     from hydra.utils import instantiate
-    from pytorch_lightning.callbacks import ModelSummary
+    from pytorch_lightning.callbacks import ModelSummary, ProgressBar
     from pytorch_lightning.plugins.io import CheckpointIO
 
     from mlnotes_zoo.resume import AtomicCheckpointIO, continue_csv_logs, resume_checkpoint
@@ -51,6 +51,8 @@ def main(cfg: DictConfig) -> dict[str, float]:
                  if c and "_target_" in c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     trainer_kwargs = resolve_trainer_kwargs(instantiate(cfg.trainer, _partial_=True).keywords)
+    if trainer_kwargs.get("enable_progress_bar") is False:  # no bar: the callbacks' one too
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     plugins = list(trainer_kwargs.pop("plugins", None) or [])
     if not any(isinstance(p, CheckpointIO) for p in plugins):
         plugins.append(AtomicCheckpointIO())  # a kill mid-write keeps the previous file
@@ -163,6 +165,9 @@ def _print_metrics(metrics: dict[str, Any], output_dir: Path) -> None:
     console = Console()
     console.print(table)
     console.print(f"run dir: {output_dir}")
+    for name, value in sorted(metrics.items()):  # the same in train.log, one line each
+        _FILE_LOG.info("test metric %s = %.4f", name, value)
+    _FILE_LOG.info("run dir: %s", output_dir)
 
 
 def _task(cfg: DictConfig) -> float | None:
@@ -171,10 +176,14 @@ def _task(cfg: DictConfig) -> float | None:
 
     from mlnotes_zoo.errors import ZooError
 
+    _log_to_file()
     try:
         metrics = main(cfg)
     except (ZooError, InstantiationException) as err:
         _exit(err, run_dir=Path(cfg.paths.output_dir))
+    except Exception:  # a bug: its traceback on the console (Hydra) and in train.log
+        _FILE_LOG.exception("error: the run failed")
+        raise
     # The value Hydra sweepers optimise: the monitored validation metric is not known here,
     # so return the test loss when present.
     return metrics.get("test/loss")
@@ -211,16 +220,18 @@ def cli(argv: list[str] | None = None) -> None:
 
 
 def _path_as_given(arg: str) -> str:
-    """``ckpt_path=<path>`` / ``resume=<run dir>`` with the path as the user typed it: quoted
-    for Hydra when it holds characters Hydra's grammar reads (``epoch=3-step=40.ckpt``,
-    commas, brackets, quotes). Quoted values, ``null``, ``auto`` and interpolations stay."""
+    """``ckpt_path=``, ``resume=``, ``hydra.run.dir=``, ``hydra.sweep.dir=`` with the path as
+    the user typed it: quoted for Hydra when it holds characters Hydra's grammar reads
+    (``epoch=3-step=40.ckpt``, commas, brackets, quotes). Values the user quoted for Hydra,
+    ``null``, ``auto`` and values with interpolations stay as they are."""
     from mlnotes_zoo.resume import hydra_value
 
-    match = re.fullmatch(r"(\+{0,2})(ckpt_path|resume)=(.*)", arg, flags=re.DOTALL)
+    match = re.fullmatch(r"(\+{0,2})(ckpt_path|resume|hydra\.run\.dir|hydra\.sweep\.dir)=(.*)",
+                         arg, flags=re.DOTALL)
     if match is None:
         return arg
     plus, key, value = match.groups()
-    if value[:1] in ("'", '"') or value in ("", "null", "auto") or value.startswith("${"):
+    if value[:1] in ("'", '"') or value in ("", "null", "auto") or "${" in value:
         return arg
     return f"{plus}{key}={hydra_value(value)}"
 
@@ -236,10 +247,11 @@ class CheckConfig(Callback):
     """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from mlnotes_zoo.validation import validate_config
+        from mlnotes_zoo.validation import check_runnable, validate_config
 
         with _refused():
             validate_config(config)
+            check_runnable(config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from hydra.core.global_hydra import GlobalHydra
@@ -254,11 +266,12 @@ class CheckConfig(Callback):
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         from hydra.types import RunMode
 
-        from mlnotes_zoo.validation import validate_config
+        from mlnotes_zoo.validation import check_runnable, validate_config
 
         if config.hydra.mode == RunMode.MULTIRUN:
             with _refused():
                 validate_config(config)
+                check_runnable(config)
 
 
 @contextlib.contextmanager
@@ -336,6 +349,7 @@ def _exit(err: Exception, run_dir: Path | None = None) -> NoReturn:
                                    f"resume={last.parent.parent}" if last.is_file() else
                                    "no checkpoint was written before it"))
     if rank_zero_only.rank == 0:  # one message, not one per process
+        _FILE_LOG.error("error: %s", text)
         print(f"error: {text}", file=sys.stderr)
     sys.exit(err.exit_code)
 
@@ -348,6 +362,46 @@ def _message(err: Exception) -> str:
     if lines and lines[0].startswith("Caught "):
         text = re.sub(r"^[\w.]*(Error|Exception): ", "", lines[-1])
     return text
+
+
+# train.log gets what the console shows (Hydra's job logging writes the root logger's records
+# there): Lightning's own loggers, which print to the console themselves and do not propagate,
+# get the file handler too; lines the zoo prints (the error, the test metrics) and warnings
+# go to the file through this logger, which writes to the file only.
+_FILE_LOG = logging.getLogger("mlnotes_zoo.train")
+_FILE_LOG.propagate = False
+_FILE_LOG.setLevel(logging.INFO)
+_FILE_LOG.addHandler(logging.NullHandler())  # outside a Hydra job: nowhere (not stderr)
+_OWN_CONSOLE_LOGGERS = ("pytorch_lightning", "lightning_fabric")
+
+
+def _log_to_file() -> None:
+    """Send the records of Lightning's loggers, :data:`_FILE_LOG` and warnings to the files
+    the root logger writes to (``<run dir>/train.log``), and nowhere else new."""
+    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    for name in [*_OWN_CONSOLE_LOGGERS, _FILE_LOG.name]:
+        logger = logging.getLogger(name)
+        if name != _FILE_LOG.name and logger.propagate:
+            continue  # its records reach the root's file already
+        for handler in list(logger.handlers):  # an earlier run's file (in one process)
+            if isinstance(handler, logging.FileHandler) and handler not in files:
+                logger.removeHandler(handler)
+        for handler in files:
+            if handler not in logger.handlers:
+                logger.addHandler(handler)
+    if not getattr(warnings.showwarning, "_to_train_log", False):
+        warnings.showwarning = _show_warning_and_log(warnings.showwarning)
+
+
+def _show_warning_and_log(show: Any) -> Any:
+    def show_and_log(message: Any, category: type[Warning], filename: str, lineno: int,
+                     file: Any = None, line: str | None = None) -> None:
+        show(message, category, filename, lineno, file, line)
+        _FILE_LOG.warning("%s", warnings.formatwarning(message, category, filename, lineno,
+                                                       line).rstrip())
+
+    show_and_log._to_train_log = True  # type: ignore[attr-defined]
+    return show_and_log
 
 
 class _NoAdvertisements(logging.Filter):

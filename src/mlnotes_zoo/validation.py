@@ -27,6 +27,7 @@ Checks that involve two values (``block_size <= max_len``) stay in the construct
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
 
@@ -48,7 +49,8 @@ from mlnotes_zoo.constraints import (
 )
 from mlnotes_zoo.errors import UsageError
 
-__all__ = ["validate_config", "resolve", "target_parameters", "STAND_INS", "unknown"]
+__all__ = ["validate_config", "check_runnable", "resolve", "target_parameters", "STAND_INS",
+           "unknown"]
 
 # -- stand-in signatures for targets the zoo cannot annotate -------------------------------
 STAND_INS: dict[str, Callable[..., None]] = {}
@@ -191,6 +193,32 @@ def validate_config(cfg: DictConfig) -> None:
         node = cfg.get(section)
         if isinstance(node, DictConfig):
             _walk(node, section)
+
+
+def check_runnable(cfg: DictConfig) -> None:
+    """Raise :class:`~mlnotes_zoo.errors.UsageError` when a valid config cannot run here:
+    ``trainer.accelerator=gpu|cuda|mps`` on a machine without one, a ``ckpt_path`` that is
+    not a file. ``train.py`` checks this with :func:`validate_config`, before the run dir
+    exists (Lightning would raise deep inside the Trainer, after)."""
+    import torch
+
+    ckpt_path = cfg.get("ckpt_path")
+    if isinstance(ckpt_path, str) and "://" not in ckpt_path and not os.path.isfile(ckpt_path):
+        raise UsageError(f"ckpt_path={ckpt_path}: no such checkpoint file (ckpt_path takes a "
+                         ".ckpt file; resume=<run dir> continues a run in its dir)")
+    trainer = cfg.get("trainer")
+    name = trainer.get("accelerator") if isinstance(trainer, DictConfig) else None
+    strategy = str(trainer.get("strategy")) if isinstance(trainer, DictConfig) else ""
+    if not isinstance(name, str) or strategy.startswith(("deepspeed", "fsdp")):
+        return  # CUDA-only strategies: mlnotes_zoo.scale.launch names them in its refusal
+    mps = getattr(torch.backends, "mps", None)
+    present = {"gpu": torch.cuda.is_available(), "cuda": torch.cuda.is_available(),
+               "mps": bool(mps and mps.is_available())}
+    if present.get(name.lower(), True):
+        return
+    here = ["cpu", "auto", *sorted(k for k, v in present.items() if v)]
+    raise UsageError(f"trainer.accelerator={name}: this machine has no {name.upper()} device "
+                     f"(torch sees none); use trainer.accelerator={'|'.join(here)}")
 
 
 def _walk(node: DictConfig, path: str) -> None:
