@@ -9,18 +9,24 @@ What a checkpoint holds, and who restores it when training continues:
   adds it). With it the next epoch shuffles its batches, and the model draws its noise,
   exactly as the uninterrupted run would.
 
-``last.ckpt`` is written after every validation, i.e. at the end of an epoch, and that is
-where a resumed run is exact. A checkpoint written mid-epoch (``val_check_interval < 1``,
-``every_n_train_steps``) restarts the interrupted epoch's batch count but not its order
-(Lightning warns: the zoo's DataLoaders are not resumable mid-epoch).
+``last.ckpt`` is written after every validation, i.e. at the end of an epoch, and when a
+run is preempted (:mod:`mlnotes_zoo.preemption`), after the batch it was at. A resumed run is
+exact from either: mid-epoch, the zoo's DataLoaders (:class:`ResumableDataLoader`) hand out
+the rest of the interrupted epoch in its order, and :class:`RandomState` sets the random
+state once they have.
+
+A checkpoint write that fails (disk full, file too large) stops the run with
+:class:`CheckpointWriteError`, one line naming the file and the reason; the previous file is
+kept (the write goes to a temporary file first).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +34,13 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
+from torch.utils.data import DataLoader
 
 from mlnotes_zoo.errors import ZooError
 from mlnotes_zoo.weights import atomic_path, safe_torch_load
 
-__all__ = ["AtomicCheckpointIO", "RandomState", "rng_state", "set_rng_state", "ResumeError",
+__all__ = ["AtomicCheckpointIO", "CheckpointWriteError", "RandomState", "rng_state",
+           "set_rng_state", "ResumableDataLoader", "ResumeError",
            "resume_checkpoint", "expand_resume", "ReplayError", "hydra_value",
            "continue_csv_logs"]
 
@@ -54,8 +62,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options, got "
                             f"{storage_options!r}")
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            torch.save(checkpoint, f)
+        try:
+            with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+        except (OSError, RuntimeError) as err:
+            reason = _os_reason(err)
+            if reason is None:
+                raise
+            raise CheckpointWriteError(f"could not write the checkpoint {path}: {reason}; "
+                                       "the previous one is kept") from err
 
     def load_checkpoint(self, path: Any, map_location: Callable | None = None,
                         weights_only: bool | None = None) -> dict[str, Any]:
@@ -66,6 +81,29 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return safe_torch_load(path, map_location=map_location or "cpu")
 
 
+class CheckpointWriteError(ZooError, OSError):
+    """A checkpoint could not be written (disk full, file too large, no permission ...):
+    the run stops (exit code 1); the previous checkpoint file is whole."""
+
+    exit_code = 1
+
+
+def _os_reason(err: BaseException) -> str | None:
+    """The operating system's reason in ``err`` or what caused it (torch's zip writer turns
+    a failed ``write`` into a RuntimeError whose context is the OSError), e.g.
+    "No space left on device (ENOSPC)"; None when no OSError is involved."""
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and (cause.errno or cause.strerror):
+            name = errno.errorcode.get(cause.errno or 0)
+            text = cause.strerror or os.strerror(cause.errno or 0)
+            return f"{text} ({name})" if name else text
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 # -- random state -------------------------------------------------------------------------
 class RandomState(pl.Callback):
     """Keeps the global random state (:func:`rng_state`) in every checkpoint and restores it
@@ -74,19 +112,38 @@ class RandomState(pl.Callback):
     That moment is ``on_fit_start``: the training DataLoader's iterator, created before
     ``on_train_start``, draws its base seed (the epoch's batch order) from torch's generator.
     Strategies that restore a checkpoint only after ``on_fit_start`` get the state when it is
-    loaded, which is still before that draw. ``trainer.test(ckpt_path=...)`` and
-    ``load_from_checkpoint`` leave the random state alone.
+    loaded, which is still before that draw. A checkpoint written mid-epoch is marked so
+    (``mid_epoch``): the iterator then continues the interrupted epoch from its own state
+    (:class:`ResumableDataLoader`), and the random state is set again at ``on_train_start``,
+    after it. ``trainer.test(ckpt_path=...)`` and ``load_from_checkpoint`` leave the random
+    state alone.
     """
 
     def __init__(self) -> None:
         self._fitting = False
         self._pending: dict[str, Any] | None = None
+        self._trainer: pl.Trainer | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._fitting = stage == "fit"  # setup runs before any checkpoint is restored
+        self._trainer = trainer
 
     def state_dict(self) -> dict[str, Any]:
-        return rng_state()
+        state = rng_state()
+        trainer = self._trainer
+        if trainer is not None and self._fitting:
+            batches = trainer.fit_loop.epoch_loop.batch_progress
+            state["mid_epoch"] = bool(batches.current.ready and not batches.is_last_batch)
+        return state
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        # ResumableDataLoader's state, in the fit loop's: it is used only mid-epoch
+        fit_loop = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {})
+        mid_epoch = bool(checkpoint.get("callbacks", {}).get(self.state_key, {}).get("mid_epoch"))
+        for loader_state in fit_loop.get("combined_loader", []):
+            if isinstance(loader_state, dict) and "batches" in loader_state:
+                loader_state["mid_epoch"] = mid_epoch
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if self._fitting:
@@ -96,10 +153,19 @@ class RandomState(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._pending is not None:
             set_rng_state(self._pending)
+        if not (self._pending or {}).get("mid_epoch"):
+            self._pending = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Resumed mid-epoch: the training DataLoader, created since on_fit_start, continues
+        # its epoch from its own state (a stateful loader, see the module docstring) and
+        # drew a base seed from torch's generator that the uninterrupted run never drew.
+        if self._pending is not None:
+            set_rng_state(self._pending)
         self._pending = None
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._fitting, self._pending = False, None
+        self._fitting, self._pending, self._trainer = False, None, None
 
 
 def rng_state() -> dict[str, Any]:
@@ -131,6 +197,71 @@ def set_rng_state(state: dict[str, Any]) -> None:
     if "python" in state:
         s = state["python"]
         random.setstate((s["version"], tuple(s["state"].tolist()), s["gauss_next"]))
+
+
+# -- the training batches, resumable mid-epoch ---------------------------------------------
+class ResumableDataLoader(DataLoader):
+    """torch's DataLoader (the same batches, order and random draws) that Lightning can
+    resume mid-epoch: the rest of the interrupted epoch, in its order.
+
+    Its state (Lightning's ``state_dict``/``load_state_dict``, kept in the checkpoint's fit
+    loop) is the global random state at the moment the epoch's iterator was created — torch
+    draws the epoch's order and the workers' base seed from it — and the number of batches
+    handed out since. Resumed from a state :class:`RandomState` marks as mid-epoch, the next
+    iterator is created from that random state and skips those batches (loading them, so a
+    dataset that draws random numbers per item draws the same ones), and the random state
+    goes back to what it was (:class:`RandomState` then sets the checkpoint's). A state saved
+    at an epoch's end is ignored: the next epoch starts afresh, as in the uninterrupted run.
+
+    With workers (``num_workers > 0``) their base seed comes from ``torch.initial_seed()``
+    instead of torch's global generator, so that a resumed run, which starts its workers
+    anew, draws the same model noise; what workers draw themselves (augmentation in the
+    workers) is not restored.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._epoch_rng: dict[str, Any] | None = None
+        self._batches = 0
+        self._resume: dict[str, Any] | None = None
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        resume, self._resume = self._resume, None
+        before = rng_state() if resume else None
+        if resume:
+            set_rng_state(resume["rng"])
+        if self.num_workers > 0 and self.generator is None:
+            # The workers' base seed from the run's seed, not from torch's generator: a
+            # resumed run starts its (persistent) workers once more than the uninterrupted
+            # one, and each start would shift the model's random draws.
+            self.generator = torch.Generator().manual_seed(torch.initial_seed())
+        self._epoch_rng = rng_state()
+        iterator = super().__iter__()
+        self._batches = 0
+        if resume:
+            for _ in range(int(resume["batches"])):
+                if next(iterator, _END) is _END:
+                    break
+                self._batches += 1
+            set_rng_state(before)
+        return self._counted(iterator)
+
+    def _counted(self, iterator: Iterator[Any]) -> Iterator[Any]:
+        for batch in iterator:
+            self._batches += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        if self._epoch_rng is None:
+            return {}
+        return {"rng": self._epoch_rng, "batches": self._batches}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("mid_epoch") and state_dict.get("batches"):
+            self._resume = state_dict
+
+
+_END = object()
 
 
 # -- resume=<run dir> | auto --------------------------------------------------------------

@@ -35,7 +35,13 @@ def main(cfg: DictConfig) -> dict[str, float]:
     from pytorch_lightning.callbacks import ModelSummary, ProgressBar
     from pytorch_lightning.plugins.io import CheckpointIO
 
-    from mlnotes_zoo.resume import AtomicCheckpointIO, continue_csv_logs, resume_checkpoint
+    from mlnotes_zoo.preemption import Preemption
+    from mlnotes_zoo.resume import (
+        AtomicCheckpointIO,
+        continue_csv_logs,
+        last_checkpoint,
+        resume_checkpoint,
+    )
     from mlnotes_zoo.scale.launch import resolve_trainer_kwargs
 
     if cfg.get("seed") is not None:
@@ -56,6 +62,9 @@ def main(cfg: DictConfig) -> dict[str, float]:
     plugins = list(trainer_kwargs.pop("plugins", None) or [])
     if not any(isinstance(p, CheckpointIO) for p in plugins):
         plugins.append(AtomicCheckpointIO())  # a kill mid-write keeps the previous file
+    # SIGTERM/SIGUSR1: last.ckpt of where the run is, one line, exit code 143/138
+    preemption = Preemption(last_checkpoint(output_dir), output_dir)
+    callbacks.append(preemption)
     # Lightning's default summary, without its column of zero FLOPs
     if trainer_kwargs.pop("enable_model_summary", None) is not False and not any(
             isinstance(c, ModelSummary) for c in callbacks):
@@ -71,11 +80,13 @@ def main(cfg: DictConfig) -> dict[str, float]:
         job_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
         _atomic_write(output_dir / "config.yaml", OmegaConf.to_yaml(job_cfg, resolve=True))
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    with preemption.stopped(trainer):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics: dict[str, float] = {}
     if cfg.get("test", True):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        with preemption.stopped(trainer):
+            trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
         logged = trainer.callback_metrics
         metrics = {k: float(v) for k, v in logged.items() if k.startswith("test/")}
         if trainer.is_global_zero:

@@ -32,9 +32,12 @@ writes the second from the first. (A training run's full state — optimizer, RN
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
+import secrets
+import socket
 import threading
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -522,10 +525,14 @@ def atomic_path(path: str | PathLike) -> Iterator[Path]:
     A crash at any moment (SIGKILL, power loss) leaves either the old file or the new one,
     never a truncated mix: ``os.replace`` within one directory is atomic (POSIX rename), and
     the fsyncs order the data before the rename on disk.
+
+    The temporary file is ``.<name>.<host>.<pid>.<random>.tmp``: unique to this write, so
+    that processes writing one path at once never touch each other's. Besides its own, a
+    process deletes only those left by dead processes of its host (killed mid-write).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{_HOST}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         yield tmp
         fd = os.open(tmp, os.O_RDWR)
@@ -538,8 +545,27 @@ def atomic_path(path: str | PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed mid-write
-        stale.unlink(missing_ok=True)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        if _left_by_dead_process(stale.name, path.name):
+            stale.unlink(missing_ok=True)
+
+
+_HOST = re.sub(r"[^\w.-]", "_", socket.gethostname())
+
+
+def _left_by_dead_process(tmp_name: str, name: str) -> bool:
+    """Whether ``tmp_name`` (an :func:`atomic_path` temporary of ``name``) was left by a
+    process of this host that no longer runs."""
+    match = re.fullmatch(rf"\.{re.escape(name)}\.(.+)\.(\d+)\.[0-9a-f]+\.tmp", tmp_name)
+    if match is None or match.group(1) != _HOST:
+        return False
+    try:
+        os.kill(int(match.group(2)), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError):
+        return False
+    return False
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset, random_split
 
 from mlnotes_zoo.constraints import NonNegativeInt, PositiveInt, Seed, check_arguments
 from mlnotes_zoo.errors import ZooError
+from mlnotes_zoo.resume import ResumableDataLoader
 
 __all__ = ["DataModule", "ImageDataModule", "TorchvisionDataModule", "seeded_split",
            "BadDataError", "DataNotFoundError"]
@@ -73,10 +74,11 @@ class DataModule(pl.LightningDataModule):
 
     def loader(self, dataset: Dataset, **kwargs: Any) -> DataLoader:
         """A DataLoader of ``dataset`` with this module's batch size, workers and collate
-        function; ``kwargs`` override or add DataLoader arguments."""
+        function; ``kwargs`` override or add DataLoader arguments. Resumable mid-epoch
+        (:class:`~mlnotes_zoo.resume.ResumableDataLoader`: a preempted run continues exactly)."""
         options = dict(batch_size=self.batch_size, collate_fn=self.collate_fn,
                        num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
-        return DataLoader(dataset, **{**options, **kwargs})
+        return ResumableDataLoader(dataset, **{**options, **kwargs})
 
     def train_dataloader(self) -> DataLoader:
         return self.loader(self.splits["train"], shuffle=True)
