@@ -32,7 +32,7 @@ def main(cfg: DictConfig) -> dict[str, float]:
     """Fit, test the best checkpoint, write ``metrics.json``; returns the test metrics."""
     import pytorch_lightning as pl
     from hydra.utils import instantiate
-    from pytorch_lightning.callbacks import ModelSummary, ProgressBar
+    from pytorch_lightning.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
     from pytorch_lightning.plugins.io import CheckpointIO
 
     from mlnotes_zoo.preemption import Preemption
@@ -57,8 +57,13 @@ def main(cfg: DictConfig) -> dict[str, float]:
                  if c and "_target_" in c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     trainer_kwargs = resolve_trainer_kwargs(instantiate(cfg.trainer, _partial_=True).keywords)
-    if trainer_kwargs.get("enable_progress_bar") is False:  # no bar: the callbacks' one too
+    # switched off in the trainer config: the callbacks group's and logger group's ones too
+    if trainer_kwargs.get("enable_progress_bar") is False:
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    if trainer_kwargs.get("enable_checkpointing") is False:
+        callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+    if trainer_kwargs.pop("logger", None) is False:
+        loggers = []
     plugins = list(trainer_kwargs.pop("plugins", None) or [])
     if not any(isinstance(p, CheckpointIO) for p in plugins):
         plugins.append(AtomicCheckpointIO())  # a kill mid-write keeps the previous file

@@ -127,6 +127,9 @@ def _trainer(
     gradient_clip_algorithm: Literal["norm", "value"] | None,
     fast_dev_run: NonNegativeInt | bool,
     reload_dataloaders_every_n_epochs: NonNegativeInt,
+    enable_progress_bar: bool | None,
+    enable_checkpointing: bool | None,
+    logger: bool | None,  # which loggers: the logger group; false switches them off
 ) -> None: ...
 
 

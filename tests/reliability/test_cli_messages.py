@@ -169,3 +169,17 @@ def test_a_failed_run_writes_its_error_line_to_train_log(run_train, tmp_path):
     log = (tmp_path / "run" / "train.log").read_text()
     assert log.strip().splitlines()[-1].endswith(f"[ERROR] - {error}"), log
     assert "Seed set to 42" in log
+
+
+def test_checkpoints_and_loggers_switched_off_in_the_trainer_config(train, tmp_path):
+    """Lightning refuses enable_checkpointing=False beside a ModelCheckpoint and takes one
+    logger argument: the callbacks and logger groups' ones are left out instead."""
+    run_dir = tmp_path / "run"
+    code, _, err = train(*[a for a in TINY if a != "logger=none"], "+trainer.logger=false",
+                         "+trainer.enable_checkpointing=false", f"hydra.run.dir={run_dir}")
+    assert code == 0, err
+    assert not list(run_dir.rglob("*.ckpt")) and not (run_dir / "csv").exists()
+    assert not (run_dir / "tensorboard").exists() and (run_dir / "metrics.json").is_file()
+    code, _, err = train("+trainer.logger=csv", f"hydra.run.dir={run_dir}-2")
+    assert "trainer.logger='csv'" in _one_line_exit_2(code, err)
+    assert not (tmp_path / "run-2").exists()
