@@ -360,6 +360,7 @@ _REPLAY_ALLOWED = ("a run dir's overrides may only set values of the zoo's confi
                    "(key=value, +key=value for a parameter of the node's target, "
                    "group=<a file of configs/<group>/>)")
 _OUTPUT_KEYS = {"dirpath", "save_dir", "default_root_dir", "output_dir"}
+_OUTPUT_NAMES = {"filename", "name", "version", "sub_dir"}  # file names: a "/" leaves the dir
 # deleting these would stop resuming from being exact or last.ckpt from being written
 _KEPT_NODES = {"callbacks.last_checkpoint", "callbacks.random_state"}
 
@@ -422,7 +423,9 @@ def _refuse_unsafe(saved_file: Path, line: str, o: Any) -> None:
         why = f"{key} is a {'_target_' if '_target_' in parts else '_..._'} key (what to build)"
     elif o.package is not None:
         why = "it places a config with @package"
-    elif parts[-1] in _OUTPUT_KEYS or key.startswith("paths."):
+    elif (parts[-1] in _OUTPUT_KEYS or key.startswith("paths.")
+          or (parts[0] in ("callbacks", "logger") and parts[-1] in _OUTPUT_NAMES
+              and any(c in str(o.value()) for c in "/\\"))):
         why = "it moves where the run writes (a resumed run writes into its run dir)"
     elif o.is_delete():
         if len(parts) != 2 or parts[0] not in ("callbacks", "logger") or key in _KEPT_NODES:
