@@ -119,7 +119,7 @@ class Preemption(pl.Callback):
                      exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException) or trainer.state.fn != TrainerFn.FITTING:
             return  # (a test run has nothing to save)
-        trainer.save_checkpoint(self.checkpoint)
+        trainer.save_checkpoint(self.checkpoint, weights_only=False)  # the full state
         self.saved = True
 
     @contextlib.contextmanager
@@ -129,7 +129,6 @@ class Preemption(pl.Callback):
         try:
             yield
         except SIGTERMException:
-            self._restore()  # Lightning calls no teardown hook after an exception
             signum = self.signum or signal.SIGTERM
             name = signal.Signals(signum).name
             where = f"epoch {trainer.current_epoch}, step {trainer.global_step}"
@@ -142,6 +141,8 @@ class Preemption(pl.Callback):
             resume = (f"; continue with resume={self.run_dir} (or resume=auto with the same "
                       "hydra.run.dir)" if self.checkpoint.is_file() else "")
             raise Preempted(f"preempted by {name}: {state}{resume}", signum) from None
+        finally:
+            self._restore()  # Lightning calls no teardown hook after an exception
 
 
 # -- helpers ------------------------------------------------------------------------------

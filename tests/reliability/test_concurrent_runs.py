@@ -190,3 +190,46 @@ def test_a_second_job_is_refused_then_a_dead_jobs_lock_is_taken_over(tmp_path, r
         train_steps = [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")]
     assert train_steps == list(range(6))  # one job's rows, each step once
     assert not (run_dir / LOCK_NAME).exists()
+
+
+@pytest.mark.dist
+def test_in_a_process_group_rank_zero_decides_for_every_rank(tmp_path):
+    """Two gloo ranks (as torchrun starts them, the group made before Hydra runs) take the
+    run dir's lock: rank 0 takes it and rank 1 goes on without it; on a run dir another job
+    holds, rank 0 is refused and every rank stops with the same refusal (nobody waits)."""
+    from mlnotes_zoo.runlock import LockRunDir
+
+    def ranks(run_dir: Path) -> list[int]:
+        init = f"file://{tmp_path / ('group-' + run_dir.name)}"
+        results = tmp_path / f"{run_dir.name}-rank"
+
+        def rank(r: int):
+            def work() -> None:
+                import torch.distributed as dist
+
+                dist.init_process_group("gloo", init_method=init, rank=r, world_size=2)
+                callback = LockRunDir()
+                try:
+                    callback._take(run_dir)
+                    outcome = "holds" if callback.lock and callback.lock.holds() else "goes on"
+                except RunDirInUse as err:
+                    outcome = f"refused: {err}"
+                Path(f"{results}{r}").write_text(outcome)
+                dist.barrier()  # both ranks have decided before either lets go of the lock
+                dist.destroy_process_group()
+            return work
+
+        pids = [_forked(rank(r)) for r in (0, 1)]
+        codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
+        assert codes == [0, 0]
+        return [Path(f"{results}{r}").read_text() for r in (0, 1)]
+
+    assert ranks(tmp_path / "free") == ["holds", "goes on"]
+    held = tmp_path / "held"
+    holder = _holder(held)
+    try:
+        outcomes = ranks(held)
+    finally:
+        _kill(holder)
+    assert outcomes[0] == outcomes[1] and outcomes[0].startswith(
+        f"refused: {held} is in use by another job (pid {holder} ")

@@ -132,6 +132,7 @@ def test_preempted_twice_then_resumed_equals_the_uninterrupted_run(make_cfg, tmp
         f"error: preempted by SIGTERM: epoch 1, step 6 saved in {last}; continue with "
         f"resume={run_dir} (or resume=auto with the same hydra.run.dir)"]
     assert "Traceback" not in first.stderr and "DataLoader worker" not in first.stderr
+    assert "weights_only" not in first.stderr  # no other line about the checkpoint
     assert _step(last) == 6
 
     # 2. resume=<run dir>, then SIGUSR1 to the process alone, in the next epoch (step 9)
@@ -186,3 +187,39 @@ def test_a_checkpoint_write_that_fails_ends_in_one_line(tmp_path, run_cli):
                          f"resume={run_dir}")
     assert _step(last) == 4  # the previous checkpoint, whole
     assert not list(last.parent.glob(".*.tmp"))
+
+
+def test_under_slurm_sigusr1_is_lightnings_requeue_and_sigterm_ends_the_run(
+        make_cfg, tmp_path, monkeypatch):
+    """With SLURM's variables set, Lightning's SLURMEnvironment (auto-requeue) owns SIGUSR1:
+    it saves hpc_ckpt_1.ckpt and calls ``scontrol requeue <job>`` (a stand-in here), and the
+    run trains on until SIGTERM stops it as anywhere else."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "scontrol.calls"
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    for key, value in {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "zoo", "SLURM_JOB_ID": "4242",
+                       "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}.items():
+        monkeypatch.setenv(key, value)
+
+    class Signals(pl.Callback):
+        def on_train_batch_end(self, trainer, *args) -> None:
+            if trainer.global_step in (2, 6):
+                os.kill(os.getpid(), signal.SIGUSR1 if trainer.global_step == 2 else
+                        signal.SIGTERM)
+                time.sleep(0.05)
+
+    _with_callback(monkeypatch, Signals())
+    # Lightning installs its SLURM handler only where SIGUSR1 has none
+    previous = signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    try:
+        with pytest.raises(Preempted) as stopped:
+            main(_cfg(make_cfg, tmp_path / "run"))
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert stopped.value.exit_code == 143 and "preempted by SIGTERM" in str(stopped.value)
+    assert calls.read_text() == "requeue 4242\n"
+    assert _step(tmp_path / "run" / "hpc_ckpt_1.ckpt") == 2  # Lightning's, at SIGUSR1
+    assert _step(tmp_path / "run" / "checkpoints" / "last.ckpt") == 6
