@@ -10,15 +10,21 @@ order, sampling noise) and, with AMP, the loss scale all to come back.
 from __future__ import annotations
 
 import csv
+import functools
+import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from omegaconf import open_dict
 from pytorch_lightning.plugins.precision import MixedPrecision
 
 import mlnotes_zoo.scale.strategies as strategies
 from mlnotes_zoo import list_models
+from mlnotes_zoo.preemption import Preempted
 from mlnotes_zoo.resume import RandomState
 from mlnotes_zoo.train import main
 
@@ -169,3 +175,44 @@ def test_every_registered_model_resumes_exactly(make_cfg, tmp_path, classifier_d
     steps = _train_steps(resumed, 0)
     assert steps == _train_steps(straight, 0)[-2:] and len(steps) == 2
     _assert_same(resumed, straight, steps)
+
+
+class _PreemptAt(pl.Callback):
+    """SIGTERM to this process after batch ``batch`` of epoch ``epoch``: the run stops there
+    and writes last.ckpt mid-epoch (mlnotes_zoo.preemption)."""
+
+    def __init__(self, epoch: int, batch: int) -> None:
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # Lightning's handler runs; the loop stops after this batch
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list_models())
+def test_every_registered_model_resumes_exactly_mid_epoch(make_cfg, tmp_path, classifier_dir,
+                                                          monkeypatch, name):
+    # Preempted after the first of two batches of the second epoch; resume=auto continues
+    # the epoch with its second batch (the loaders resume mid-epoch), then the same steps.
+    gan = name in ("dcgan", "wgan_gp")
+    args = [f"model={name}", *SMALLER.get(name, []), "trainer.limit_train_batches=2",
+            "trainer.max_epochs=2", *([f"model.classifier_dir={classifier_dir}"] if gan else [])]
+    straight = _train(make_cfg, tmp_path / "straight", *args)
+    real_init = pl.Trainer.__init__
+
+    @functools.wraps(real_init)
+    def init(self, *a, callbacks=None, **k):
+        real_init(self, *a, callbacks=[*(callbacks or []), _PreemptAt(1, 0)], **k)
+
+    monkeypatch.setattr(pl.Trainer, "__init__", init)
+    with pytest.raises(Preempted):
+        _train(make_cfg, tmp_path / "run", *args)
+    monkeypatch.undo()
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["callbacks"][RandomState().state_key]["mid_epoch"]
+    resumed = _train(make_cfg, tmp_path / "run", *args, "resume=auto")
+    steps = _train_steps(resumed, 0)
+    assert steps == _train_steps(straight, 0) and len(steps) == 4
+    _assert_same(resumed, straight, sorted(straight))
