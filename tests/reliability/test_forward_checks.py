@@ -113,6 +113,12 @@ WRONG_SIZES: dict[str, list[tuple[str, Callable, str]]] = {
         ("batched grey", lambda m: [torch.rand(2, 1, 64, 64)], "(B, 3, H, W)")],
     "mask_rcnn": [
         ("grey image", lambda m: [[torch.rand(1, 64, 64)]], "(3, H, W)")],
+    "odenet": [("width", lambda m: [_image_like((2, 1, 8, 6))], "(B, 1, 8, 8)")],
+    "cnf": [("dimension", lambda m: [torch.randn(2, m.dim + 1)], "(B, 2)")],
+    "latent_ode": [("observation size",
+                    lambda m: [torch.randn(2, 20, 3), *m.example_input(2)[1:]], "(B, T, 2)"),
+                   ("mask length", lambda m: [*m.example_input(2)[:2], torch.ones(2, 19)],
+                    "observed must be a float tensor of shape (2, 20)")],
     "rnn_seq2seq": [
         ("batch mismatch", lambda m: [m.example_input(2)[0], m.example_input(3)[1]],
          "tgt_in must be an integer tensor of shape (2, T)"),
