@@ -63,86 +63,130 @@ class Preempted(ZooError):
 
 class Preemption(pl.Callback):
     """On SIGTERM/SIGUSR1: stop at the next batch boundary, write ``checkpoint``, and (through
-    :meth:`stopped`) raise :class:`Preempted`. ``run_dir`` is named in its message."""
+    :meth:`stopped`) raise :class:`Preempted`. ``run_dir`` is named in its message.
+
+    A signal that comes during the validation inside ``fit`` is passed on to Lightning when
+    that validation ends: its metrics, its checkpoints and its random draws are then the
+    uninterrupted run's, and the run stops after it, where a resumed run continues exactly.
+    """
 
     def __init__(self, checkpoint: str | os.PathLike, run_dir: str | os.PathLike) -> None:
         self.checkpoint = Path(checkpoint)
         self.run_dir = Path(run_dir)
         self.signum: int | None = None
         self.saved = False
+        self._trainer: pl.Trainer | None = None
+        self._lightning_handler: Any = None  # Lightning's SIGTERM handler, under ours
+        self._deferred = False
         self._previous: dict[int, Any] = {}
 
-    # -- signal handlers: installed in setup, before Lightning composes its own with them
+    # -- signal handlers
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Before Lightning sets its handlers up (it keeps ours, calling them after its own):
+        a signal that comes now is remembered."""
         global _block_in_children
         _block_in_children = True
-        self.signum, self.saved = None, False
+        self.signum, self.saved, self._deferred = None, False, False
+        self._trainer, self._lightning_handler = trainer, None
         self._previous = {signal.SIGTERM: signal.getsignal(signal.SIGTERM)}
-        _install(signal.SIGTERM, self._on_sigterm)
+        _install(signal.SIGTERM, self._remember)
         if not _lightning_requeues(trainer):
             self._previous[signal.SIGUSR1] = signal.getsignal(signal.SIGUSR1)
-            _install(signal.SIGUSR1, self._on_sigusr1)
+            _install(signal.SIGUSR1, self._on_signal)
         _SignalLogFilter.install()
 
+    # Lightning's handlers are in place from here on: ours goes on top of them
+    def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._on_top()
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.signum is not None and not trainer.received_sigterm:
-            # it came while the run was set up, before Lightning's handler was in place
-            handler = signal.getsignal(signal.SIGTERM)
-            if callable(handler):
-                handler(signal.SIGTERM, None)
+        self._on_top()
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._on_top()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._deferred and not trainer.sanity_checking:
+            self._deferred = False
+            self._to_lightning()  # the run stops after this batch, validation done
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._restore()
+
+    def _on_top(self) -> None:
+        current = signal.getsignal(signal.SIGTERM)
+        if current != self._on_signal:
+            self._lightning_handler = current
+            _install(signal.SIGTERM, self._on_signal)
+        trainer = self._trainer
+        if (self.signum is not None and not self._deferred and trainer is not None
+                and not trainer.received_sigterm):
+            self._to_lightning()  # it came while the run was set up
 
     def _restore(self) -> None:
         global _block_in_children
         _block_in_children = False
         for signum, handler in self._previous.items():
             _install(signum, handler)
-        self._previous = {}
+        self._previous, self._lightning_handler = {}, None
 
-    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
-        # Lightning calls this after its own handler (which sets trainer.received_sigterm);
-        # before Lightning has set up its handlers, it is the only one
+    def _remember(self, signum: int, frame: FrameType | None) -> None:
         if self.signum is None:
             self.signum = signum
 
-    def _on_sigusr1(self, signum: int, frame: FrameType | None) -> None:
-        if self.signum is None:
-            self.signum = signum
-        handler = signal.getsignal(signal.SIGTERM)  # Lightning's: stop at the next batch
-        if callable(handler):
-            handler(signal.SIGTERM, frame)
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._remember(signum, frame)
+        trainer = self._trainer
+        if (trainer is not None and trainer.state.fn == TrainerFn.FITTING and trainer.validating
+                and not trainer.sanity_checking):
+            self._deferred = True  # until this validation has ended (on_validation_end)
+            return
+        self._to_lightning()
+
+    def _to_lightning(self) -> None:
+        """Lightning's SIGTERM handler: ``trainer.received_sigterm``, the loops stop at the
+        next batch boundary (DDP: every rank, through Lightning's broadcast)."""
+        if callable(self._lightning_handler):
+            self._lightning_handler(signal.SIGTERM, None)
 
     # -- the checkpoint, where the run is
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                      exception: BaseException) -> None:
-        if not isinstance(exception, SIGTERMException) or trainer.state.fn != TrainerFn.FITTING:
-            return  # (a test run has nothing to save)
+        if (not isinstance(exception, SIGTERMException) or trainer.sanity_checking
+                or trainer.state.fn != TrainerFn.FITTING):
+            return  # before training or while testing: nothing new to save
         trainer.save_checkpoint(self.checkpoint, weights_only=False)  # the full state
         self.saved = True
 
     @contextlib.contextmanager
     def stopped(self, trainer: pl.Trainer) -> Iterator[None]:
         """Around ``trainer.fit``/``trainer.test``: Lightning's ``SIGTERMException`` (exit
-        code 0) becomes :class:`Preempted` with the signal's exit code and one line."""
+        code 0) becomes :class:`Preempted` with the signal's exit code and one line; so does
+        a signal that came as the stage ended."""
         try:
             yield
         except SIGTERMException:
-            signum = self.signum or signal.SIGTERM
-            name = signal.Signals(signum).name
-            where = f"epoch {trainer.current_epoch}, step {trainer.global_step}"
-            if self.saved:
-                state = f"{where} saved in {self.checkpoint}"
-            elif self.checkpoint.is_file():
-                state = f"while testing; the trained state is in {self.checkpoint}"
-            else:
-                state = f"at {where}; no checkpoint was written"
-            resume = (f"; continue with resume={self.run_dir} (or resume=auto with the same "
-                      "hydra.run.dir)" if self.checkpoint.is_file() else "")
-            raise Preempted(f"preempted by {name}: {state}{resume}", signum) from None
+            raise self._preempted(trainer) from None
+        else:
+            if self.signum is not None:
+                raise self._preempted(trainer)
         finally:
             self._restore()  # Lightning calls no teardown hook after an exception
+
+    def _preempted(self, trainer: pl.Trainer) -> Preempted:
+        signum = self.signum or signal.SIGTERM
+        where = f"epoch {trainer.current_epoch}, step {trainer.global_step}"
+        if self.saved:
+            state = f"{where} saved in {self.checkpoint}"
+        elif self.checkpoint.is_file():
+            state = f"at {where}; the last checkpoint is {self.checkpoint}"
+        else:
+            state = f"at {where}; no checkpoint was written"
+        testing = " while testing" if trainer.state.fn == TrainerFn.TESTING else ""
+        resume = (f"; continue with resume={self.run_dir} (or resume=auto with the same "
+                  "hydra.run.dir)" if self.checkpoint.is_file() else "")
+        return Preempted(f"preempted by {signal.Signals(signum).name}{testing}: {state}{resume}",
+                         signum)
 
 
 # -- helpers ------------------------------------------------------------------------------

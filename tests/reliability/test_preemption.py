@@ -100,6 +100,32 @@ def test_signal_saves_where_the_run_is_and_exits_with_its_code(make_cfg, tmp_pat
     assert signal.getsignal(signum) == before  # the handlers are put back
 
 
+def test_a_signal_during_validation_lets_it_finish_and_the_run_resumes_exactly(make_cfg,
+                                                                              tmp_path,
+                                                                              monkeypatch):
+    class SignalInValidation(pl.Callback):
+        def on_validation_batch_end(self, trainer, *args, **kwargs) -> None:
+            if trainer.current_epoch == 1 and not trainer.sanity_checking and args[-1] == 0:
+                os.kill(os.getpid(), signal.SIGTERM)  # after the first of 3 batches
+                time.sleep(0.05)
+
+    val = "trainer.limit_val_batches=3"
+    main(_cfg(make_cfg, tmp_path / "straight", val))
+    monkeypatch_init = pytest.MonkeyPatch()
+    _with_callback(monkeypatch_init, SignalInValidation())
+    with pytest.raises(Preempted, match=r"epoch 2, step 8 saved in .*last.ckpt"):
+        main(_cfg(make_cfg, tmp_path / "run", val))  # stopped after epoch 1 (and its validation)
+    monkeypatch_init.undo()
+    main(_cfg(make_cfg, tmp_path / "run", val, "resume=auto"))
+    straight, resumed = _logged(tmp_path / "straight"), _logged(tmp_path / "run")
+    assert sorted(resumed) == sorted(straight) and "val/loss" in resumed[7]
+    for step, row in straight.items():
+        assert resumed[step].keys() == row.keys(), step
+        for key, value in row.items():
+            torch.testing.assert_close(resumed[step][key], value, rtol=0, atol=1e-6,
+                                       msg=f"{key} at step {step}")
+
+
 @pytest.mark.slow
 def test_preempted_twice_then_resumed_equals_the_uninterrupted_run(make_cfg, tmp_path):
     # the same run straight through: the reference
