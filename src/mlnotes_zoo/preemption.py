@@ -1,12 +1,21 @@
 """Preemption: SIGTERM or SIGUSR1 end a run with a checkpoint of where it is, one line and
 exit code 143 or 138 (128 + the signal's number), so a requeue loop can tell it from success.
 
-Built on Lightning's own handling: Lightning's SIGTERM handler sets ``trainer.received_sigterm``
-and its loops stop at the next batch boundary (after the optimizer step and its logging)
-by raising ``SIGTERMException``; the :class:`Preemption` callback then writes the checkpoint
-in ``on_exception`` (as Lightning's ``OnExceptionCheckpoint`` does, through the trainer's
-CheckpointIO, i.e. atomically), and :meth:`Preemption.stopped` turns the exception, which
-Lightning lets end the process with exit code 0, into :class:`Preempted`.
+Built on Lightning's own handling: once Lightning's SIGTERM handler has set
+``trainer.received_sigterm``, its loops stop at the end of the batch (after the optimizer
+step and its logging) by raising ``SIGTERMException``; the :class:`Preemption` callback then
+writes the checkpoint in ``on_exception`` (as Lightning's ``OnExceptionCheckpoint`` does,
+through the trainer's CheckpointIO, i.e. atomically), and :meth:`Preemption.stopped` turns
+the exception, which Lightning lets end the process with exit code 0, into
+:class:`Preempted`.
+
+The signal itself is only remembered; the run acts on it at the start of the next batch,
+where every rank of a distributed run is at the same point: the ranks agree (any rank
+signalled: all stop) and all pass it to Lightning's handler together, so that the whole
+run stops after that batch. (Lightning's handler, called by the signal where it lands,
+broadcasts from rank 0 there, out of step with the other ranks' collectives.) A validation
+under way is finished; a signal during the last batches of the run stops it once ``fit``
+has ended, before testing.
 
 - SIGUSR1 is handled as SIGTERM is (outside SLURM nothing else handles it; its default
   action kills the process at once). Under SLURM with Lightning's auto-requeue (the
@@ -62,42 +71,28 @@ class Preempted(ZooError):
 
 
 class Preemption(pl.Callback):
-    """On SIGTERM/SIGUSR1: stop at the next batch boundary, write ``checkpoint``, and (through
-    :meth:`stopped`) raise :class:`Preempted`. ``run_dir`` is named in its message.
-
-    A signal that comes during the validation inside ``fit`` is passed on to Lightning when
-    that validation ends: its metrics, its checkpoints and its random draws are then the
-    uninterrupted run's, and the run stops after it, where a resumed run continues exactly.
-    """
+    """On SIGTERM/SIGUSR1: stop after the next batch, write ``checkpoint``, and (through
+    :meth:`stopped`) raise :class:`Preempted`. ``run_dir`` is named in its message."""
 
     def __init__(self, checkpoint: str | os.PathLike, run_dir: str | os.PathLike) -> None:
         self.checkpoint = Path(checkpoint)
         self.run_dir = Path(run_dir)
         self.signum: int | None = None
         self.saved = False
-        self._trainer: pl.Trainer | None = None
         self._lightning_handler: Any = None  # Lightning's SIGTERM handler, under ours
-        self._deferred = False
         self._previous: dict[int, Any] = {}
 
-    # -- signal handlers
+    # -- signal handlers: remember the signal, nothing more
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Before Lightning sets its handlers up (it keeps ours, calling them after its own):
-        a signal that comes now is remembered."""
         global _block_in_children
         _block_in_children = True
-        self.signum, self.saved, self._deferred = None, False, False
-        self._trainer, self._lightning_handler = trainer, None
+        self.signum, self.saved, self._lightning_handler = None, False, None
         self._previous = {signal.SIGTERM: signal.getsignal(signal.SIGTERM)}
         _install(signal.SIGTERM, self._remember)
         if not _lightning_requeues(trainer):
             self._previous[signal.SIGUSR1] = signal.getsignal(signal.SIGUSR1)
-            _install(signal.SIGUSR1, self._on_signal)
+            _install(signal.SIGUSR1, self._remember)
         _SignalLogFilter.install()
-
-    # Lightning's handlers are in place from here on: ours goes on top of them
-    def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._on_top()
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._on_top()
@@ -105,23 +100,42 @@ class Preemption(pl.Callback):
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._on_top()
 
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._deferred and not trainer.sanity_checking:
-            self._deferred = False
-            self._to_lightning()  # the run stops after this batch, validation done
+    def _on_top(self) -> None:
+        """Lightning has set its SIGTERM handler (keeping ours inside it): ours goes on top,
+        so that a signal reaches Lightning only through :meth:`_act`."""
+        current = signal.getsignal(signal.SIGTERM)
+        if current != self._remember:
+            self._lightning_handler = current
+            _install(signal.SIGTERM, self._remember)
+
+    def _remember(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+    # -- acting on it, on every rank at the same point
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                             batch: Any, batch_idx: int) -> None:
+        self._act(trainer)
+
+    def on_test_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                            batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._act(trainer)
+
+    def _act(self, trainer: pl.Trainer) -> None:
+        if trainer.received_sigterm or not self._signalled(trainer):
+            return
+        if self.signum is None:
+            self.signum = signal.SIGTERM  # another rank was signalled
+        if callable(self._lightning_handler):
+            self._lightning_handler(signal.SIGTERM, None)  # all ranks at once: in step
+
+    def _signalled(self, trainer: pl.Trainer) -> bool:
+        """Whether any rank has had a signal (one collective per batch when distributed)."""
+        return bool(trainer.strategy.reduce_boolean_decision(self.signum is not None,
+                                                             all=False))
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._restore()
-
-    def _on_top(self) -> None:
-        current = signal.getsignal(signal.SIGTERM)
-        if current != self._on_signal:
-            self._lightning_handler = current
-            _install(signal.SIGTERM, self._on_signal)
-        trainer = self._trainer
-        if (self.signum is not None and not self._deferred and trainer is not None
-                and not trainer.received_sigterm):
-            self._to_lightning()  # it came while the run was set up
 
     def _restore(self) -> None:
         global _block_in_children
@@ -130,31 +144,11 @@ class Preemption(pl.Callback):
             _install(signum, handler)
         self._previous, self._lightning_handler = {}, None
 
-    def _remember(self, signum: int, frame: FrameType | None) -> None:
-        if self.signum is None:
-            self.signum = signum
-
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        self._remember(signum, frame)
-        trainer = self._trainer
-        if (trainer is not None and trainer.state.fn == TrainerFn.FITTING and trainer.validating
-                and not trainer.sanity_checking):
-            self._deferred = True  # until this validation has ended (on_validation_end)
-            return
-        self._to_lightning()
-
-    def _to_lightning(self) -> None:
-        """Lightning's SIGTERM handler: ``trainer.received_sigterm``, the loops stop at the
-        next batch boundary (DDP: every rank, through Lightning's broadcast)."""
-        if callable(self._lightning_handler):
-            self._lightning_handler(signal.SIGTERM, None)
-
     # -- the checkpoint, where the run is
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                      exception: BaseException) -> None:
-        if (not isinstance(exception, SIGTERMException) or trainer.sanity_checking
-                or trainer.state.fn != TrainerFn.FITTING):
-            return  # before training or while testing: nothing new to save
+        if not isinstance(exception, SIGTERMException) or trainer.state.fn != TrainerFn.FITTING:
+            return  # while testing: nothing new to save
         trainer.save_checkpoint(self.checkpoint, weights_only=False)  # the full state
         self.saved = True
 
@@ -162,13 +156,13 @@ class Preemption(pl.Callback):
     def stopped(self, trainer: pl.Trainer) -> Iterator[None]:
         """Around ``trainer.fit``/``trainer.test``: Lightning's ``SIGTERMException`` (exit
         code 0) becomes :class:`Preempted` with the signal's exit code and one line; so does
-        a signal that came as the stage ended."""
+        a signal that came as the stage ended (every rank stops)."""
         try:
             yield
         except SIGTERMException:
             raise self._preempted(trainer) from None
         else:
-            if self.signum is not None:
+            if self._signalled(trainer):
                 raise self._preempted(trainer)
         finally:
             self._restore()  # Lightning calls no teardown hook after an exception

@@ -3,8 +3,9 @@
 usage: python _pause_at_step.py <marker file> <n> [train.py overrides ...]
 
 After the n-th optimizer step (``global_step == n``) ``<marker file>`` is created and the
-run waits (up to 120 s) until Lightning has seen SIGTERM (or SIGUSR1): the test signals
-it there, so the step where a preemption lands is known.
+run (each rank of it) waits, up to 120 s, until the zoo's Preemption callback has seen
+SIGTERM or SIGUSR1: the test signals it there, so the step where a preemption lands is
+known (the run stops after the next batch).
 """
 
 import functools
@@ -18,12 +19,16 @@ marker, step = Path(sys.argv[1]), int(sys.argv[2])
 
 
 class PauseAt(pl.Callback):
+    paused = False
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step != step or marker.exists():
+        if trainer.global_step != step or self.paused:
             return
+        self.paused = True
+        preemption = next(c for c in trainer.callbacks if type(c).__name__ == "Preemption")
         marker.write_text(str(step))
         deadline = time.monotonic() + 120
-        while not trainer.received_sigterm and time.monotonic() < deadline:
+        while preemption.signum is None and time.monotonic() < deadline:
             time.sleep(0.01)
 
 

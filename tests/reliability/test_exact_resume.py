@@ -178,8 +178,8 @@ def test_every_registered_model_resumes_exactly(make_cfg, tmp_path, classifier_d
 
 
 class _PreemptAt(pl.Callback):
-    """SIGTERM to this process after batch ``batch`` of epoch ``epoch``: the run stops there
-    and writes last.ckpt mid-epoch (mlnotes_zoo.preemption)."""
+    """SIGTERM to this process after batch ``batch`` of epoch ``epoch``: the run stops after
+    the next batch and writes last.ckpt there (mlnotes_zoo.preemption)."""
 
     def __init__(self, epoch: int, batch: int) -> None:
         self.epoch, self.batch = epoch, batch
@@ -187,15 +187,16 @@ class _PreemptAt(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
             os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(0.05)  # Lightning's handler runs; the loop stops after this batch
+            time.sleep(0.05)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list_models())
 def test_every_registered_model_resumes_exactly_mid_epoch(make_cfg, tmp_path, classifier_dir,
                                                           monkeypatch, name):
-    # Preempted after the first of two batches of the second epoch; resume=auto continues
-    # the epoch with its second batch (the loaders resume mid-epoch), then the same steps.
+    # Signalled at the end of the first epoch: its validation runs, the run stops after the
+    # first of two batches of the second epoch; resume=auto continues that epoch with its
+    # second batch (the loaders resume mid-epoch).
     gan = name in ("dcgan", "wgan_gp")
     args = [f"model={name}", *SMALLER.get(name, []), "trainer.limit_train_batches=2",
             "trainer.max_epochs=2", *([f"model.classifier_dir={classifier_dir}"] if gan else [])]
@@ -204,7 +205,7 @@ def test_every_registered_model_resumes_exactly_mid_epoch(make_cfg, tmp_path, cl
 
     @functools.wraps(real_init)
     def init(self, *a, callbacks=None, **k):
-        real_init(self, *a, callbacks=[*(callbacks or []), _PreemptAt(1, 0)], **k)
+        real_init(self, *a, callbacks=[*(callbacks or []), _PreemptAt(0, 1)], **k)
 
     monkeypatch.setattr(pl.Trainer, "__init__", init)
     with pytest.raises(Preempted):

@@ -60,7 +60,8 @@ def _step(path: Path) -> int:
 
 
 class _SignalAt(pl.Callback):
-    """Sends ``signum`` to this process after training step ``step``."""
+    """Sends ``signum`` to this process after training step ``step`` (the run stops after
+    the next one)."""
 
     def __init__(self, step: int, signum: int) -> None:
         self.step, self.signum = step, signum
@@ -86,7 +87,7 @@ def _with_callback(monkeypatch, callback: pl.Callback) -> None:
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
 def test_signal_saves_where_the_run_is_and_exits_with_its_code(make_cfg, tmp_path, monkeypatch,
                                                                 signum):
-    _with_callback(monkeypatch, _SignalAt(6, signum))  # mid-epoch: epoch 1, 2 of 4 batches
+    _with_callback(monkeypatch, _SignalAt(5, signum))  # stops mid-epoch: epoch 1, 2 of 4
     before = signal.getsignal(signum)
     with pytest.raises(Preempted) as stopped:
         main(_cfg(make_cfg, tmp_path))
@@ -113,8 +114,8 @@ def test_a_signal_during_validation_lets_it_finish_and_the_run_resumes_exactly(m
     main(_cfg(make_cfg, tmp_path / "straight", val))
     monkeypatch_init = pytest.MonkeyPatch()
     _with_callback(monkeypatch_init, SignalInValidation())
-    with pytest.raises(Preempted, match=r"epoch 2, step 8 saved in .*last.ckpt"):
-        main(_cfg(make_cfg, tmp_path / "run", val))  # stopped after epoch 1 (and its validation)
+    with pytest.raises(Preempted, match=r"epoch 2, step 9 saved in .*last.ckpt"):
+        main(_cfg(make_cfg, tmp_path / "run", val))  # after epoch 1's validation and 1 batch
     monkeypatch_init.undo()
     main(_cfg(make_cfg, tmp_path / "run", val, "resume=auto"))
     straight, resumed = _logged(tmp_path / "straight"), _logged(tmp_path / "run")
@@ -149,8 +150,8 @@ def test_preempted_twice_then_resumed_equals_the_uninterrupted_run(make_cfg, tmp
         out, err = job.communicate(timeout=240)
         return subprocess.CompletedProcess(job.args, job.returncode, out, err)
 
-    # 1. SIGTERM to the process group, DataLoader worker running, mid-epoch (step 6 of 12)
-    first = preempt(6, signal.SIGTERM, True, *TINY, *CLI_SHRINK, "data.num_workers=1",
+    # 1. SIGTERM to the process group, DataLoader worker running: stops mid-epoch (step 6)
+    first = preempt(5, signal.SIGTERM, True, *TINY, *CLI_SHRINK, "data.num_workers=1",
                     f"hydra.run.dir={run_dir}")
     last = run_dir / "checkpoints" / "last.ckpt"
     assert first.returncode == 143, first.stderr[-3000:]
@@ -161,8 +162,8 @@ def test_preempted_twice_then_resumed_equals_the_uninterrupted_run(make_cfg, tmp
     assert "weights_only" not in first.stderr  # no other line about the checkpoint
     assert _step(last) == 6
 
-    # 2. resume=<run dir>, then SIGUSR1 to the process alone, in the next epoch (step 9)
-    second = preempt(9, signal.SIGUSR1, False, f"resume={run_dir}")
+    # 2. resume=<run dir>, then SIGUSR1 to the process alone: stops in the next epoch (9)
+    second = preempt(8, signal.SIGUSR1, False, f"resume={run_dir}")
     assert second.returncode == 138, second.stderr[-3000:]
     assert _said(second.stderr) == [
         f"error: preempted by SIGUSR1: epoch 2, step 9 saved in {last}; continue with "
@@ -232,7 +233,7 @@ def test_under_slurm_sigusr1_is_lightnings_requeue_and_sigterm_ends_the_run(
 
     class Signals(pl.Callback):
         def on_train_batch_end(self, trainer, *args) -> None:
-            if trainer.global_step in (2, 6):
+            if trainer.global_step in (2, 5):
                 os.kill(os.getpid(), signal.SIGUSR1 if trainer.global_step == 2 else
                         signal.SIGTERM)
                 time.sleep(0.05)
@@ -248,4 +249,4 @@ def test_under_slurm_sigusr1_is_lightnings_requeue_and_sigterm_ends_the_run(
     assert stopped.value.exit_code == 143 and "preempted by SIGTERM" in str(stopped.value)
     assert calls.read_text() == "requeue 4242\n"
     assert _step(tmp_path / "run" / "hpc_ckpt_1.ckpt") == 2  # Lightning's, at SIGUSR1
-    assert _step(tmp_path / "run" / "checkpoints" / "last.ckpt") == 6
+    assert _step(tmp_path / "run" / "checkpoints" / "last.ckpt") == 6  # a batch after SIGTERM
