@@ -17,6 +17,7 @@ naming the holder (exit code 2, nothing written).
   the lock; other launchers (``srun`` without torchrun) have ranks > 0 wait until the lock
   names their job (same ``SLURM_JOB_ID``/restart, or the same run stamp) and stop if rank 0
   was refused.
+- A multirun's jobs (``-m``) take no lock: each writes a new dir of its own sweep.
 """
 
 from __future__ import annotations
