@@ -380,3 +380,21 @@ def test_spirals_are_archimedean_and_oscillators_solve_a_damped_linear_ode():
         fit = torch.linalg.lstsq(design, x2[:, None]).solution
         assert (design @ fit - x2[:, None]).abs().max() < 1e-4
         assert fit[0] < 0  # damping: c₁ = −2γ
+
+
+def test_cnf_on_images_reports_bits_per_dim_of_the_dequantized_pixels():
+    from mlnotes_zoo.lit.ode import LitCNF
+
+    torch.manual_seed(0)
+    lit = LitCNF(net=create_model("cnf", dim=4, hidden=8), levels=17)
+    x = torch.randint(0, 17, (5, 1, 2, 2)).float() / 16
+    torch.manual_seed(1)
+    out = lit.model_step((x, torch.zeros(5)), "val")
+    torch.manual_seed(1)
+    y = ((x * 16).round() + torch.rand_like(x)) / 17  # (k + u)/K
+    u = 0.05 + 0.9 * y  # logit(u), dlogit/dy = 0.9 / (u (1 − u))
+    pixel_log_det = (math.log(0.9) - torch.log(u * (1 - u))).flatten(1).sum(1)
+    log_density = lit.net.log_prob(torch.logit(u).flatten(1)) + pixel_log_det
+    expected = -(log_density - 4 * math.log(17)) / (4 * math.log(2))
+    torch.testing.assert_close(out["bpd"], expected.mean())
+    assert out["loss"] is out["bpd"]

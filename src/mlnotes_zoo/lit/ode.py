@@ -7,13 +7,14 @@ back-propagates through the solver's operations)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import Tensor, nn
 
-from mlnotes_zoo.constraints import NonNegativeInt, PositiveFloat, PositiveInt
+from mlnotes_zoo.constraints import Field, NonNegativeInt, PositiveFloat, PositiveInt
 from mlnotes_zoo.lit.base import OptimizerFactory, SchedulerFactory, ZooModule
+from mlnotes_zoo.models.flows import Preprocess, flow_nll, uniform_dequantize
 from mlnotes_zoo.models.ode import (
     CNF,
     LatentODE,
@@ -87,8 +88,15 @@ class LitCNF(_CountsNFE):
     The ``density`` picture puts side by side, on [−r, r]²: a histogram of the validation
     points, the model's density exp(log p) on a grid, and a histogram of samples x = F⁻¹(z).
 
+    Images (batches (x (B, C, H, W), labels), ``data=digits``) are modelled as flows model
+    them (:class:`~mlnotes_zoo.lit.flows.LitFlow`): uniformly dequantized y = (k + u)/K,
+    RealNVP's logit transform (α = 0.05, its log|det| counted), flattened to D = C·H·W; the
+    loss is bits/dim (also ``bpd``); the ``samples`` picture shows images F⁻¹(z).
+
     Args:
         net: the CNF (or its registry spec when loaded from a checkpoint).
+        levels: K, pixel levels of image data; None takes the DataModule's ``levels`` (17 for
+            the digits) or 256.
         grid_size: pixels per side of each panel.
         num_samples: samples in the third panel.
         plot_range: r; None takes the DataModule's ``plot_range`` (or 4).
@@ -102,6 +110,7 @@ class LitCNF(_CountsNFE):
         self,
         *,
         net: nn.Module | Mapping[str, Any],
+        levels: Annotated[int, Field(ge=2, description="discrete pixel levels")] | None = None,
         grid_size: PositiveInt = 96,
         num_samples: PositiveInt = 5000,
         plot_range: PositiveFloat | None = None,
@@ -110,6 +119,9 @@ class LitCNF(_CountsNFE):
         **base_kwargs: Any,
     ) -> None:
         super().__init__(net=net, optimizer=optimizer, scheduler=scheduler, **base_kwargs)
+        self.levels = levels
+        # images: RealNVP's logit(α + (1 − 2α)·y) unbounds the pixels (log|det| included)
+        self.preprocess = Preprocess(kind="logit", alpha=0.05)
         self.grid_size = grid_size
         self.num_samples = num_samples
         self.plot_range = plot_range
@@ -119,16 +131,33 @@ class LitCNF(_CountsNFE):
             return self._step(batch[0].clone(), stage)
 
     def _step(self, x: Tensor, stage: str) -> dict[str, Tensor]:
+        images = x.dim() == 4
+        log_det_pixels = 0.0
+        if images:  # continuous y = (k + u)/K in the pixel's bin, logit, flattened (B, D)
+            x, log_det_pixels = self.preprocess(uniform_dequantize(x, self.num_levels))
+            x = x.flatten(1)
         nfe_before = self.net.nfe
         z, log_det = self.net(x)
         nfe = self.count_forward(nfe_before) if stage == "train" else \
             torch.tensor(float(self.net.nfe - nfe_before))
+        if images:
+            parts = flow_nll(z, log_det + log_det_pixels, num_dims=x.shape[1],
+                             levels=self.num_levels)
+            bpd = parts["bpd"].mean()
+            return {"loss": bpd, "bpd": bpd, "nll": parts["nll"].mean(),
+                    "log_det": log_det.mean(), "nfe": nfe}
         nll = -cnf_log_likelihood(z, log_det).mean()
         out = {"loss": nll, "nll": nll, "log_det": log_det.mean(), "nfe": nfe}
         datamodule = self._datamodule()
         if stage == "test" and getattr(datamodule, "has_log_prob", False):
             out["data_nll"] = -datamodule.log_prob(x).mean()
         return out
+
+    @property
+    def num_levels(self) -> int:
+        if self.levels is not None:
+            return self.levels
+        return int(getattr(self._datamodule(), "levels", 256))
 
     def _datamodule(self) -> Any:
         return getattr(self._trainer, "datamodule", None) if self._trainer else None
@@ -152,6 +181,12 @@ class LitCNF(_CountsNFE):
 
     @torch.no_grad()
     def pictures(self, batch: Any) -> dict[str, Tensor]:
+        if batch[0].dim() == 4:  # images: samples F⁻¹(z), z ~ N(0, I)
+            from torchvision.utils import make_grid
+
+            shape = batch[0].shape[1:]
+            samples = self.preprocess.inverse(self.net.sample(64)).clamp(0, 1).view(-1, *shape)
+            return {"samples": make_grid(samples, nrow=8, padding=1, pad_value=0.5)}
         if self.net.dim != 2:
             return {}
         with torch.inference_mode(False):
