@@ -62,7 +62,8 @@ def exit_code(signum: int) -> int:
 
 
 class Preempted(ZooError):
-    """The run was stopped by a preemption signal; its state is in ``checkpoint``."""
+    """The run was stopped by a preemption signal; the message names the checkpoint of where
+    it stopped and how to continue; ``exit_code`` is 128 + the signal's number."""
 
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
