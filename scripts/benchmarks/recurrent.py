@@ -134,6 +134,11 @@ def bench_act_vs_pondernet(batch_size: int = 128, hidden: int = 128,
     }
     result["train_ratio_act_over_pondernet"] = (result["act"]["train_step_ms"]
                                                 / result["pondernet"]["train_step_ms"])
+    # per ponder step: ACT's N is what its halting units say (about 2 at initialisation, 6
+    # after the default training), PonderNet trains on all N = max_steps
+    result["act"]["train_ms_per_ponder_step"] = result["act"]["train_step_ms"] / act_steps
+    result["pondernet"]["train_ms_per_ponder_step"] = (result["pondernet"]["train_step_ms"]
+                                                       / max_steps)
     return result
 
 
