@@ -54,7 +54,7 @@ class LitACT(ZooModule):
         self,
         *,
         net: nn.Module | Mapping[str, Any],
-        tau: NonNegativeFloat = 1e-3,
+        tau: NonNegativeFloat = 1e-4,
         grad_clip: NonNegativeFloat = 1.0,
         stop_at_accuracy: Fraction | None = None,
         patience: NonNegativeInt | None = None,
