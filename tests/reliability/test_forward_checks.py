@@ -125,6 +125,8 @@ WRONG_SIZES: dict[str, list[tuple[str, Callable, str]]] = {
         ("float source", lambda m: [m.example_input(2)[0].float(), m.example_input(2)[1]],
          "(B, S)")],
     "act": [("features", lambda m: [torch.ones(2, m.in_features + 1)], "(B, 16)")],
+    "gmm": [("width", lambda m: [_image_like((2, 1, 8, 9))], "(B, 1, 8, 8)")],
+    "kmeans": [("flattened", lambda m: [_image_like((2, 64))], "(B, 1, 8, 8)")],
 }
 
 SIZE_CASES = [(name, i) for name, cases in WRONG_SIZES.items() for i in range(len(cases))]

@@ -149,6 +149,7 @@ DRAW: dict[str, Callable] = {
     "conformer_ctc": _draw_ctc, "faster_rcnn": _draw_detection, "mask_rcnn": _draw_detection,
     "odenet": _image_model(), "cnf": _draw_points, "latent_ode": _draw_series,
     "rnn_seq2seq": _draw_transformer, "act": _draw_pondernet,
+    "gmm": _image_model(), "kmeans": _image_model(),
 }
 
 
@@ -172,6 +173,10 @@ def _expected_shapes(name: str, model, args) -> dict[int, tuple[int, ...]]:
         return {-1: (b, args[1].shape[1], model.vocab_size)}
     if name == "act":
         return {0: (b, model.out_features), 1: (b,), 2: (model.max_steps, b)}
+    if name == "gmm":
+        return {0: (b, model.num_components), 1: (b,)}
+    if name == "kmeans":
+        return {0: (b, model.num_clusters), 1: (b,)}
     if name == "gpt":
         return {-1: (b, x.shape[1], model.vocab_size)}
     if name in ("ctc", "conformer_ctc"):
