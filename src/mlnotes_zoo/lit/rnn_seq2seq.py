@@ -45,6 +45,8 @@ class LitRNNSeq2Seq(LitSeq2Seq):
         schedule_k: k of that decay (ε is ½ near step k·ln k).
         beam_size: width of the test-time beam search (``test/exact_match_beam``).
         length_alpha: α of the beam's length penalty ((5 + |y|) / 6)^α; 0 = none.
+        grad_clip: gradient-norm clipping used when the trainer sets none (the decoder is
+            unrolled over the target); 0 disables it.
         num_samples, stop_at_exact_match, patience, optimizer, scheduler: see
             :class:`~mlnotes_zoo.lit.transformer.LitSeq2Seq`.
 
@@ -58,10 +60,12 @@ class LitRNNSeq2Seq(LitSeq2Seq):
     def __init__(self, *, net: nn.Module | Mapping[str, Any],
                  teacher_forcing: Fraction | Literal["scheduled"] = 1.0,
                  schedule_k: ScheduleK = 150.0, beam_size: PositiveInt = 4,
-                 length_alpha: NonNegativeFloat = 1.0, **kwargs: Any) -> None:
+                 length_alpha: NonNegativeFloat = 1.0, grad_clip: NonNegativeFloat = 1.0,
+                 **kwargs: Any) -> None:
         super().__init__(net=net, **kwargs)
         self.teacher_forcing, self.schedule_k = teacher_forcing, schedule_k
         self.beam_size, self.length_alpha = beam_size, length_alpha
+        self.grad_clip = grad_clip
         self.nll_sum, self.num_tokens = SumMetric(), SumMetric()
         self.by_length = ExactMatchByLength(self.net.max_len + 1)
 
@@ -70,6 +74,13 @@ class LitRNNSeq2Seq(LitSeq2Seq):
         if self.teacher_forcing == "scheduled":
             return float(inverse_sigmoid_decay(self.global_step, self.schedule_k))
         return float(self.teacher_forcing)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None,
+                                    gradient_clip_algorithm=None) -> None:
+        if gradient_clip_val is None and self.grad_clip > 0:
+            gradient_clip_val, gradient_clip_algorithm = self.grad_clip, "norm"
+        self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val,
+                            gradient_clip_algorithm=gradient_clip_algorithm)
 
     def model_step(self, batch: Any, stage: str) -> dict[str, Tensor]:
         src, tgt = batch
