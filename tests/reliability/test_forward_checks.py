@@ -125,6 +125,10 @@ WRONG_SIZES: dict[str, list[tuple[str, Callable, str]]] = {
         ("float source", lambda m: [m.example_input(2)[0].float(), m.example_input(2)[1]],
          "(B, S)")],
     "act": [("features", lambda m: [torch.ones(2, m.in_features + 1)], "(B, 16)")],
+    "ddpm": [("channels", lambda m: [_image_like((2, 3, 8, 8)), m.example_input(2)[1]],
+              "(B, 1, 8, 8)"),
+             ("timesteps batch", lambda m: [m.example_input(2)[0], torch.tensor([1, 2, 3])],
+              "t must be an int64 tensor of shape (2,)")],
     "gmm": [("width", lambda m: [_image_like((2, 1, 8, 9))], "(B, 1, 8, 8)")],
     "kmeans": [("flattened", lambda m: [_image_like((2, 64))], "(B, 1, 8, 8)")],
 }

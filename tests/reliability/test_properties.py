@@ -136,6 +136,12 @@ def _draw_series(data, model, b):
     return [torch.randn(b, t, model.obs_dim, generator=g), times, observed]
 
 
+def _draw_ddpm(data, model, b):
+    g = torch.Generator().manual_seed(data.draw(seeds))
+    return [torch.randn(b, *model.in_shape, generator=g),
+            torch.randint(0, model.timesteps, (b,), generator=g)]
+
+
 def _draw_points(data, model, b):
     g = torch.Generator().manual_seed(data.draw(seeds))
     return [torch.randn(b, model.dim, generator=g)]
@@ -149,7 +155,7 @@ DRAW: dict[str, Callable] = {
     "conformer_ctc": _draw_ctc, "faster_rcnn": _draw_detection, "mask_rcnn": _draw_detection,
     "odenet": _image_model(), "cnf": _draw_points, "latent_ode": _draw_series,
     "rnn_seq2seq": _draw_transformer, "act": _draw_pondernet,
-    "gmm": _image_model(), "kmeans": _image_model(),
+    "gmm": _image_model(), "kmeans": _image_model(), "ddpm": _draw_ddpm,
 }
 
 
@@ -165,6 +171,8 @@ def _expected_shapes(name: str, model, args) -> dict[int, tuple[int, ...]]:
         return {0: (b, model.latent_dim), 1: (b,)}
     if name in ("dcgan", "wgan_gp"):
         return {0: (b, *model.in_shape), 1: (b,)}
+    if name == "ddpm":
+        return {0: (b, *model.in_shape)}
     if name in ("simclr", "supcon"):
         return {1: (b, model.feature_dim)}
     if name == "pondernet":
@@ -609,6 +617,30 @@ def test_ode_family_objectives(b, classes, seed):
     _close(losses.masked_mse(mean, changed, mask), mse)
     if mask.sum() > 0:
         _close(mse, ((mean - values) ** 2)[mask.bool()].mean())
+
+
+@covers("q_sample", "q_posterior", "x0_from_eps", "v_from_eps", "eps_from_v", "diffusion_loss")
+@SOME
+@given(b=batch_sizes, steps=st.integers(2, 50), seed=seeds)
+def test_diffusion_objective_round_trips_and_posterior_bounds(b, steps, seed):
+    betas = torch.linspace(1e-3, 0.2, steps, dtype=torch.float64)
+    alpha_bar = torch.cumprod(1 - betas, 0)
+    t = torch.randint(0, steps, (b,), generator=torch.Generator().manual_seed(seed))
+    x0, eps = _randn(seed, 2, b, 1, 3, 3)
+    xt = losses.q_sample(x0, t, eps, alpha_bar)
+    _close(losses.x0_from_eps(xt, t, eps, alpha_bar), x0)
+    v = losses.v_from_eps(x0, t, eps, alpha_bar)
+    _close(losses.eps_from_v(xt, t, v, alpha_bar), eps)
+    # (x_0, ε) -> (x_t, v) is a rotation by φ_t: it keeps x_0² + ε² pixel by pixel
+    _close(xt**2 + v**2, x0**2 + eps**2)
+    mean, var = losses.q_posterior(x0, xt, t, betas)
+    assert mean.shape == x0.shape and var.shape == (b, 1, 1, 1)
+    # 0 ≤ β̃_t ≤ β_t: the posterior is at most as wide as one forward step
+    assert (var >= 0).all() and (var <= betas[t].view(-1, 1, 1, 1) + 1e-12).all()
+    loss = losses.diffusion_loss(xt, eps)
+    assert loss >= 0
+    _close(loss, ((xt - eps) ** 2).mean())
+    _close(losses.diffusion_loss(eps, eps), torch.zeros((), dtype=eps.dtype))
 
 
 def test_every_loss_has_a_property_test():

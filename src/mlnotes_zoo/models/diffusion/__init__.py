@@ -1,0 +1,31 @@
+"""Diffusion: DDPM with DDIM sampling, v-prediction and classifier-free guidance
+(:mod:`.model`), on a small U-Net (:mod:`.unet`)."""
+
+from mlnotes_zoo.models.diffusion.model import (
+    DDPM,
+    MAX_FINAL_ALPHA_BAR,
+    OBJECTIVE,
+    cosine_betas,
+    ddim_timesteps,
+    ddpm,
+    diffusion_loss,
+    eps_from_v,
+    linear_betas,
+    q_posterior,
+    q_sample,
+    v_from_eps,
+    x0_from_eps,
+)
+from mlnotes_zoo.models.diffusion.unet import (
+    AttentionBlock,
+    Downsample,
+    ResBlock,
+    UNet,
+    Upsample,
+    sinusoidal_embedding,
+)
+
+__all__ = ["DDPM", "ddpm", "OBJECTIVE", "MAX_FINAL_ALPHA_BAR", "linear_betas", "cosine_betas",
+           "ddim_timesteps", "q_sample", "q_posterior", "x0_from_eps", "v_from_eps",
+           "eps_from_v", "diffusion_loss", "UNet", "ResBlock", "AttentionBlock", "Downsample",
+           "Upsample", "sinusoidal_embedding"]
