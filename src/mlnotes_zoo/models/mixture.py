@@ -61,17 +61,23 @@ def squared_distances(x: Tensor, centres: Tensor) -> Tensor:
 def gaussian_log_prob(x: Tensor, means: Tensor, precisions_cholesky: Tensor) -> Tensor:
     """log N(x_n; μ_k, Σ_k) for x (N, D), means (K, D) and precision factors P_k with
     Σ_k⁻¹ = P_k P_kᵀ: (K, D, D) triangular (full) or (K, D) (diagonal, P = diag σ⁻¹): (N, K)."""
-    d = x.shape[-1]
+    n, d = x.shape
+    k = means.shape[0]
     if precisions_cholesky.dim() == 2:  # diagonal
         log_det = precisions_cholesky.log().sum(-1)  # log |P_k| = −½ log |Σ_k|, (K,)
-        y = (x[:, None, :] - means) * precisions_cholesky  # (N, K, D)
+        precisions = precisions_cholesky.pow(2)  # 1/σ²
+        # ‖y‖² = Σ_d (x_d − μ_kd)²/σ²_kd = Σ μ²/σ² − 2 x·(μ/σ²) + x²·(1/σ²): matmuls only
+        sq = ((means.pow(2) * precisions).sum(-1) - 2 * x @ (means * precisions).T
+              + x.pow(2) @ precisions.T)  # (N, K)
     else:
         log_det = torch.diagonal(precisions_cholesky, dim1=-2, dim2=-1).log().sum(-1)
-        # y_nk = (x_n − μ_k)ᵀ P_k, as x_n P_k − μ_k P_k: two matmuls, no (N, K, D) difference
-        y = torch.einsum("nd,kde->nke", x, precisions_cholesky) - torch.einsum(
-            "kd,kde->ke", means, precisions_cholesky)
+        # y_nk = (x_n − μ_k)ᵀ P_k = x_n P_k − μ_k P_k, all K at once: one (N, D)·(D, K·D) matmul
+        stacked = precisions_cholesky.permute(1, 0, 2).reshape(d, k * d)  # [P_1 … P_K]
+        y = (x @ stacked).reshape(n, k, d) - torch.einsum("kd,kde->ke", means,
+                                                          precisions_cholesky)
+        sq = y.pow(2).sum(-1)
     # log N = −½ (D log 2π + ‖y‖²) + log |P|
-    return -0.5 * (d * _LOG_2PI + y.pow(2).sum(-1)) + log_det
+    return -0.5 * (d * _LOG_2PI + sq) + log_det
 
 
 def cluster_purity(clusters: Tensor, labels: Tensor, num_clusters: int,
@@ -338,15 +344,19 @@ class GaussianMixture(nn.Module):
         self.fitted.fill_(True)
 
     def _statistics(self, z: Tensor, resp: Tensor) -> dict[str, Tensor]:
-        # Sums around the current means μ_k (a shift that leaves the M step exact and keeps
-        # Σ r (x − μ)(x − μ)ᵀ / N_k − d dᵀ free of the cancellation of E[xxᵀ] − m mᵀ).
-        diff = z[None] - self.means[:, None]  # (K, B, D)
-        weighted = diff * resp.T[..., None]  # r_nk (x_n − μ_k)
+        # Sums around the current means μ_k: a shift that leaves the M step exact and, for
+        # full covariances, keeps Σ r (x − μ)(x − μ)ᵀ / N_k − d dᵀ free of the cancellation
+        # of E[xxᵀ] − m mᵀ; diagonal ones are expanded into matmuls, as scikit-learn does.
+        n = resp.sum(0)  # N_k (over the batch)
+        sx = resp.T @ z - n[:, None] * self.means  # Σ r (x − μ_k)
         if self.covariance_type == "diag":
-            sxx = (weighted * diff).sum(1)  # (K, D)
+            # Σ r (x − μ)² = Σ r x² − 2 μ Σ r x + N μ²: the diagonal alone, by matmuls
+            sxx = (resp.T @ z.pow(2) - 2 * self.means * (resp.T @ z)
+                   + n[:, None] * self.means.pow(2))
         else:
-            sxx = weighted.transpose(1, 2) @ diff  # (K, D, D)
-        return {"n": resp.sum(0), "sx": weighted.sum(1), "sxx": sxx}
+            diff = z[None] - self.means[:, None]  # (K, B, D)
+            sxx = (diff * resp.T[..., None]).transpose(1, 2) @ diff  # Σ r (x − μ)(x − μ)ᵀ
+        return {"n": n, "sx": sx, "sxx": sxx}
 
     @torch.no_grad()
     def statistics(self, x: Tensor) -> dict[str, Tensor]:
