@@ -643,6 +643,26 @@ def test_diffusion_objective_round_trips_and_posterior_bounds(b, steps, seed):
     _close(losses.diffusion_loss(eps, eps), torch.zeros((), dtype=eps.dtype))
 
 
+@covers("gaussian_log_prob", "squared_distances", "cluster_purity")
+@SOME
+@given(n=st.integers(1, 6), k=st.integers(1, 4), d=st.integers(1, 4), seed=seeds)
+def test_mixture_objectives(n, k, d, seed):
+    x, means = _randn(seed, n, d), _randn(seed + 1, k, d)
+    d2 = losses.squared_distances(x, means)
+    assert d2.shape == (n, k) and (d2 >= 0).all()
+    _close(d2, torch.cdist(x, means).pow(2))
+    # a Gaussian's log-density: diagonal factor = 1/σ, and the full form with diag(1/σ)
+    scale = _randn(seed + 2, k, d).exp()
+    diag = losses.gaussian_log_prob(x, means, scale)
+    _close(diag, losses.gaussian_log_prob(x, means, torch.diag_embed(scale)))
+    _close(diag, torch.distributions.Normal(means, 1 / scale).log_prob(x[:, None]).sum(-1))
+    clusters = torch.randint(0, k, (n,), generator=torch.Generator().manual_seed(seed))
+    labels = torch.randint(0, 3, (n,), generator=torch.Generator().manual_seed(seed + 3))
+    purity = float(losses.cluster_purity(clusters, labels, k, 3))
+    assert 1 / 3 - 1e-9 <= purity <= 1  # at least the commonest label's share in each cluster
+    assert float(losses.cluster_purity(labels, labels, 3, 3)) == 1
+
+
 def test_every_loss_has_a_property_test():
     assert set(losses.__all__) <= TESTED_LOSSES, set(losses.__all__) - TESTED_LOSSES
 
