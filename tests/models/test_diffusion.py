@@ -29,8 +29,10 @@ from mlnotes_zoo.models.diffusion import (
     ResBlock,
     cosine_betas,
     ddim_timesteps,
+    discretized_gaussian_log_likelihood,
     eps_from_v,
     linear_betas,
+    normal_kl,
     q_posterior,
     q_sample,
     v_from_eps,
@@ -243,6 +245,57 @@ def test_a_few_hundred_steps_learn_to_denoise():
     assert after < 0.5 * before, (before, after)
 
 
+# -- the variational bound -------------------------------------------------------------------
+def test_decoder_and_kl_match_torch_distributions():
+    torch.manual_seed(4)
+    levels = 17
+    grid = torch.linspace(-1, 1, levels, dtype=torch.float64)
+    mean = torch.tensor([[-1.3], [-0.2], [0.45], [0.99]], dtype=torch.float64)  # (4, 1)
+    std = torch.tensor([[0.3], [0.02], [0.6], [0.1]], dtype=torch.float64)
+    normal = torch.distributions.Normal(mean, std)
+    edges = torch.cat([torch.tensor([-math.inf]), (grid[1:] + grid[:-1]) / 2,
+                       torch.tensor([math.inf])]).to(torch.float64)
+    expected = normal.cdf(edges[1:]) - normal.cdf(edges[:-1])  # P(bin k), (4, K)
+    got = discretized_gaussian_log_likelihood(grid[None], mean, std, levels=levels).exp()
+    torch.testing.assert_close(got, expected)
+    m1, m2, v1, v2 = torch.randn(4, 6, dtype=torch.float64)
+    v1, v2 = v1.exp(), v2.exp()
+    torch.testing.assert_close(
+        normal_kl(m1, v1, m2, v2),
+        torch.distributions.kl_divergence(torch.distributions.Normal(m1, v1.sqrt()),
+                                          torch.distributions.Normal(m2, v2.sqrt())))
+
+
+def test_variational_bound_terms_sum_and_an_exact_denoiser_is_tight():
+    net = _tiny().eval()
+    x0 = (torch.randint(0, 17, (3, 1, 8, 8)) / 16.0) * 2 - 1
+    terms = net.variational_bound(x0, levels=17, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(terms["total"],
+                               terms["prior"] + terms["diffusion"] + terms["decoder"])
+    assert (terms["prior"] >= 0).all() and (terms["diffusion"] >= 0).all()
+    assert (terms["decoder"] >= 0).all()
+
+    # a denoiser that knows x_0 (data = one image): x̂_0 = x_0 makes every KL term 0 with
+    # σ_t² = β̃_t, and the decoder is N(x_0, β̃_1) integrated over x_0's bin
+    class Oracle(DDPM):
+        def predict(self, xt, t, y=None, *, guidance=1.0, clip=True):
+            a = self.alpha_bar[t].view(-1, 1, 1, 1).to(xt.dtype)
+            return (xt - a.sqrt() * x0) / (1 - a).sqrt(), x0.to(xt.dtype)
+
+    oracle = Oracle(**{k: v for k, v in TINY.items()})
+    exact = oracle.variational_bound(x0, levels=17, variance="beta_tilde")
+    assert exact["diffusion"].abs().max() < 1e-9 and exact["prior"].max() < 1e-3
+    a, beta = oracle.alpha_bar, oracle.betas
+    std = ((1 - a[0]) / (1 - a[1]) * beta[1]).sqrt()
+    normal, h = torch.distributions.Normal(0.0, float(std)), 1 / 16
+    inner = -math.log(normal.cdf(torch.tensor(h)) - normal.cdf(torch.tensor(-h)))
+    edge = -math.log(normal.cdf(torch.tensor(h)))  # ±1: the outer bin reaches to ±∞
+    on_edge = (x0.abs() == 1).flatten(1).sum(1).double()
+    torch.testing.assert_close(exact["decoder"], on_edge * edge + (64 - on_edge) * inner,
+                               rtol=1e-5, atol=0)  # x̂_0 passes through float32
+    assert (terms["total"] > exact["total"]).all()
+
+
 # -- end to end ------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_train_and_test_write_fid_coverage_and_guided_accuracy(make_cfg, tmp_path):
@@ -251,14 +304,17 @@ def test_train_and_test_write_fid_coverage_and_guided_accuracy(make_cfg, tmp_pat
     cfg = make_cfg("model=ddpm", "model.net.widths=[8,8]", "model.net.groups=4",
                    "model.net.heads=2", "model.net.num_classes=10", "model.sample_steps=4",
                    "model.classifier_steps=30", "model.fid_max_samples=40",
-                   "model.ancestral_eval=true", "model.net.timesteps=30",
+                   "model.ancestral_eval=true", "model.vlb_eval=true", "model.net.timesteps=30",
                    "model.net.schedule=cosine", f"model.classifier_dir={tmp_path / 'cls'}")
     main(cfg)
     metrics = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
     for key in ("test/fid", "test/fid_floor", "test/class_coverage", "test/sample_seconds",
                 "test/fid_ancestral", "test/class_coverage_ancestral",
-                "test/guided_acc_w0", "test/guided_acc_w1", "test/guided_acc_w3", "test/fid_w3"):
+                "test/guided_acc_w0", "test/guided_acc_w1", "test/guided_acc_w3", "test/fid_w3",
+                "test/bpd", "test/bpd_prior", "test/bpd_diffusion", "test/bpd_decoder"):
         assert key in metrics and math.isfinite(metrics[key]), key
+    parts = sum(metrics[f"test/bpd_{k}"] for k in ("prior", "diffusion", "decoder"))
+    assert metrics["test/bpd"] == pytest.approx(parts, rel=1e-5)
     pictures = {p.stem for p in (tmp_path / "pictures").glob("*.png")}
     assert {"samples", "trajectory", "guided"} <= pictures
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)

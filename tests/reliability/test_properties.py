@@ -619,7 +619,8 @@ def test_ode_family_objectives(b, classes, seed):
         _close(mse, ((mean - values) ** 2)[mask.bool()].mean())
 
 
-@covers("q_sample", "q_posterior", "x0_from_eps", "v_from_eps", "eps_from_v", "diffusion_loss")
+@covers("q_sample", "q_posterior", "x0_from_eps", "v_from_eps", "eps_from_v", "diffusion_loss",
+        "normal_kl", "discretized_gaussian_log_likelihood")
 @SOME
 @given(b=batch_sizes, steps=st.integers(2, 50), seed=seeds)
 def test_diffusion_objective_round_trips_and_posterior_bounds(b, steps, seed):
@@ -641,6 +642,16 @@ def test_diffusion_objective_round_trips_and_posterior_bounds(b, steps, seed):
     assert loss >= 0
     _close(loss, ((xt - eps) ** 2).mean())
     _close(losses.diffusion_loss(eps, eps), torch.zeros((), dtype=eps.dtype))
+    # KL ≥ 0, = 0 between equal Gaussians; the discretized decoder is a distribution
+    kl = losses.normal_kl(x0, eps.exp(), xt, v.exp())
+    assert (kl >= -1e-12).all()
+    _close(losses.normal_kl(x0, eps.exp(), x0, eps.exp()), torch.zeros_like(x0))
+    levels = 2 + steps % 30
+    grid = torch.linspace(-1, 1, levels, dtype=torch.float64).view(-1, 1)
+    log_p = losses.discretized_gaussian_log_likelihood(
+        grid, x0.flatten()[None], eps.flatten().exp()[None], levels=levels)
+    assert (log_p <= 1e-12).all()
+    _close(log_p.exp().sum(0), torch.ones(x0.numel(), dtype=torch.float64))
 
 
 @covers("gaussian_log_prob", "squared_distances", "cluster_purity")

@@ -4,6 +4,7 @@ classifier-free guidance, sample grids and denoising trajectories."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -42,7 +43,8 @@ class LitDiffusion(ZooModule):
     ``classifier_acc``; with ``ancestral_eval`` also ``fid_ancestral``,
     ``class_coverage_ancestral``, ``sample_seconds_ancestral`` (T steps). A class-conditional
     net adds, for each guidance weight w, ``guided_acc_w<w>`` (the classifier's accuracy on
-    samples asked for class y = i mod K) and ``fid_w<w>``.
+    samples asked for class y = i mod K) and ``fid_w<w>``. With ``vlb_eval``: ``bpd`` (the
+    bound in bits/dim) and its terms ``bpd_prior``, ``bpd_diffusion``, ``bpd_decoder``.
 
     Args:
         net: the DDPM (or its registry spec when loaded from a checkpoint).
@@ -52,7 +54,10 @@ class LitDiffusion(ZooModule):
         sample_steps: DDIM steps of the evaluation samples and pictures.
         ddim_eta: DDIM's η (0 deterministic, 1 ancestral-like).
         ancestral_eval: also score T-step ancestral samples at test (slow: T net calls).
-        ancestral_variance: σ_t² = β_t or β̃_t of the ancestral sampler.
+        ancestral_variance: σ_t² = β_t or β̃_t of the ancestral sampler (and of p_θ in the
+            variational bound).
+        vlb_eval: also the variational bound on −log P(x) of the test split in bits/dim
+            (T net calls per batch), on the data's discrete levels as ``realnvp``/``glow``.
         guidance_weights: the w at which a class-conditional net is scored.
         classifier_dir, classifier_steps, fid_max_samples, coverage_min_share: as in
             :class:`~mlnotes_zoo.lit.gan.LitGAN`.
@@ -74,6 +79,7 @@ class LitDiffusion(ZooModule):
         ddim_eta: NonNegativeFloat = 0.0,
         ancestral_eval: bool = False,
         ancestral_variance: Literal["beta", "beta_tilde"] = "beta",
+        vlb_eval: bool = False,
         guidance_weights: list[NonNegativeFloat] = (0.0, 1.0, 3.0),
         classifier_dir: str | None = "data/classifiers",
         classifier_steps: PositiveInt = 1500,
@@ -91,6 +97,7 @@ class LitDiffusion(ZooModule):
         self.ddim_eta = ddim_eta
         self.ancestral_eval = ancestral_eval
         self.ancestral_variance = ancestral_variance
+        self.vlb_eval = vlb_eval
         self.guidance_weights = [float(w) for w in guidance_weights]
         self.classifier_dir = classifier_dir
         self.classifier_steps = classifier_steps
@@ -178,8 +185,29 @@ class LitDiffusion(ZooModule):
                 metrics[f"test/guided_acc_{name}"] = (
                     self._predict(samples).cpu() == labels).float().mean()
                 metrics[f"test/fid_{name}"] = self._fid(samples)
-        del test_x
+        if self.vlb_eval:
+            metrics.update(self._bound(test_x))
         self.log_dict({key: value.float() for key, value in metrics.items()})
+
+    def _bound(self, images: Tensor) -> dict[str, Tensor]:
+        """The variational bound's terms in bits/dim, means over ``images`` in [0, 1]."""
+        dm = self.trainer.datamodule
+        levels = int(getattr(dm, "levels", 256))
+        net = self.sampler
+        was_training = net.training
+        net.eval()
+        gen = torch.Generator().manual_seed(self.eval_seed + 2)
+        sums: dict[str, Tensor] = {}
+        for chunk in images.split(1000):
+            x0 = ((chunk * (levels - 1)).round() / (levels - 1) * 2 - 1).to(self.device)
+            terms = net.variational_bound(x0, levels=levels, variance=self.ancestral_variance,
+                                          generator=gen)
+            for key, value in terms.items():
+                sums[key] = sums.get(key, 0) + value.sum().cpu()
+        net.train(was_training)
+        per_dim = len(images) * images[0].numel() * math.log(2)  # nats/image -> bits/dim
+        return {("test/bpd" if k == "total" else f"test/bpd_{k}"): (v / per_dim).float()
+                for k, v in sums.items()}
 
     def _predict(self, images: Tensor) -> Tensor:
         classifier = self._evaluator()["classifier"]

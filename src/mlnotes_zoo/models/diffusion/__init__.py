@@ -9,8 +9,10 @@ from mlnotes_zoo.models.diffusion.model import (
     ddim_timesteps,
     ddpm,
     diffusion_loss,
+    discretized_gaussian_log_likelihood,
     eps_from_v,
     linear_betas,
+    normal_kl,
     q_posterior,
     q_sample,
     v_from_eps,
@@ -27,5 +29,6 @@ from mlnotes_zoo.models.diffusion.unet import (
 
 __all__ = ["DDPM", "ddpm", "OBJECTIVE", "MAX_FINAL_ALPHA_BAR", "linear_betas", "cosine_betas",
            "ddim_timesteps", "q_sample", "q_posterior", "x0_from_eps", "v_from_eps",
-           "eps_from_v", "diffusion_loss", "UNet", "ResBlock", "AttentionBlock", "Downsample",
-           "Upsample", "sinusoidal_embedding"]
+           "eps_from_v", "diffusion_loss", "normal_kl",
+           "discretized_gaussian_log_likelihood", "UNet", "ResBlock", "AttentionBlock",
+           "Downsample", "Upsample", "sinusoidal_embedding"]

@@ -38,7 +38,7 @@ from mlnotes_zoo.models.shared import check_tensor
 from mlnotes_zoo.registry import register_model
 
 OBJECTIVE = ["q_sample", "q_posterior", "x0_from_eps", "v_from_eps", "eps_from_v",
-             "diffusion_loss"]
+             "diffusion_loss", "normal_kl", "discretized_gaussian_log_likelihood"]
 __all__ = ["DDPM", "ddpm", "linear_betas", "cosine_betas", "ddim_timesteps",
            "MAX_FINAL_ALPHA_BAR", *OBJECTIVE]
 
@@ -116,6 +116,30 @@ def eps_from_v(xt: Tensor, t: Tensor, v: Tensor, alpha_bar: Tensor) -> Tensor:
 def diffusion_loss(prediction: Tensor, target: Tensor) -> Tensor:
     """L_simple: the mean squared error of the predicted ε (or v) over every element."""
     return F.mse_loss(prediction, target)
+
+
+def normal_kl(mean1: Tensor, var1: Tensor, mean2: Tensor, var2: Tensor) -> Tensor:
+    """KL(N(mean1, var1) ‖ N(mean2, var2)) elementwise, in nats."""
+    return 0.5 * (torch.log(var2 / var1) + (var1 + (mean1 - mean2) ** 2) / var2 - 1)
+
+
+def discretized_gaussian_log_likelihood(x0: Tensor, mean: Tensor, std: Tensor, *,
+                                        levels: int) -> Tensor:
+    """log P(x_0) elementwise under N(mean, std²) integrated over x_0's bin (Ho et al. 2020,
+    eq. 13): ``levels`` values evenly spaced in [−1, 1], bins of width 2/(levels − 1), the
+    outermost reaching to ±∞. ``x0`` must lie on that grid."""
+    half = 1.0 / (levels - 1)
+    upper = (x0 + half - mean) / std
+    lower = (x0 - half - mean) / std
+    log_cdf_upper = torch.special.log_ndtr(upper)  # bottom bin: (−∞, −1 + h]
+    log_survival_lower = torch.special.log_ndtr(-lower)  # top bin: [1 − h, ∞)
+    # Φ(b) − Φ(a) = Φ(−a) − Φ(−b): take the tail with the more precision
+    inner = torch.where(lower > 0,
+                        torch.special.ndtr(-lower) - torch.special.ndtr(-upper),
+                        torch.special.ndtr(upper) - torch.special.ndtr(lower))
+    log_inner = inner.clamp(min=1e-30).log()
+    return torch.where(x0 < -1 + half / 2, log_cdf_upper,
+                       torch.where(x0 > 1 - half / 2, log_survival_lower, log_inner))
 
 
 # -- the network ----------------------------------------------------------------------------
@@ -245,6 +269,52 @@ class DDPM(nn.Module):
             a = _at(self.alpha_bar, t, xt)
             eps = (xt - a.sqrt() * x0) / (1 - a).sqrt()
         return eps, x0
+
+    # -- the variational bound --------------------------------------------------------------
+    @torch.no_grad()
+    def variational_bound(self, x0: Tensor, *, levels: int,
+                          variance: Literal["beta", "beta_tilde"] = "beta",
+                          y: Tensor | None = None,
+                          generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """The terms of −log P(x_0) ≤ L_T + Σ_{t>1} L_{t−1} + L_0 (Ho et al. 2020, eq. 5), in
+        nats per image (B,), for x_0 on the ``levels`` grid in [−1, 1]:
+
+            prior     L_T     = KL(q(x_T | x_0) ‖ N(0, I))
+            diffusion L_{t−1} = KL(q(x_{t−1} | x_t, x_0) ‖ p_θ(x_{t−1} | x_t)), t = 2..T,
+                      one x_t ~ q(x_t | x_0) per t, p_θ = N(μ̃(x̂_0, x_t), σ_t²)
+            decoder   L_0     = −log p_θ(x_0 | x_1), the discretized Gaussian
+
+        σ_t² = β_t or β̃_t (β̃ of the second step for the decoder, whose own β̃ is 0; Nichol &
+        Dhariwal 2021). ``total`` is their sum. T net calls on the batch.
+        """
+        x0 = x0.double()
+        betas, alpha_bar = self.betas.to(x0.device), self.alpha_bar.to(x0.device)
+        b = x0.shape[0]
+        a_T = alpha_bar[-1]
+        prior = normal_kl(a_T.sqrt() * x0, (1 - a_T).expand_as(x0), torch.zeros_like(x0),
+                          torch.ones_like(x0)).flatten(1).sum(1)
+        diffusion = x0.new_zeros(b)
+        decoder = x0.new_zeros(b)
+        _, tilde = q_posterior(x0[:1], x0[:1], torch.arange(self.timesteps), betas)
+        for step in range(self.timesteps - 1, -1, -1):
+            t = torch.full((b,), step, device=x0.device, dtype=torch.long)
+            noise = torch.randn(x0.shape, generator=generator, dtype=torch.float64
+                                ).to(x0.device)
+            xt = q_sample(x0, t, noise, alpha_bar)
+            _, x0_hat = self.predict(xt.float(), t, y, clip=False)
+            model_mean, _ = q_posterior(x0_hat.double(), xt, t, betas)
+            if step == 0:
+                var = betas[0] if variance == "beta" else tilde[min(1, self.timesteps - 1)]
+                log_p = discretized_gaussian_log_likelihood(
+                    x0, model_mean, var.sqrt().expand_as(x0), levels=levels)
+                decoder = -log_p.flatten(1).sum(1)
+            else:
+                true_mean, true_var = q_posterior(x0, xt, t, betas)
+                var = (betas[step] if variance == "beta" else tilde[step]).expand_as(x0)
+                diffusion += normal_kl(true_mean, true_var.expand_as(x0), model_mean,
+                                       var).flatten(1).sum(1)
+        total = prior + diffusion + decoder
+        return {"prior": prior, "diffusion": diffusion, "decoder": decoder, "total": total}
 
     def _start(self, n: int, generator: torch.Generator | None) -> Tensor:
         device = self.unet.stem.weight.device
