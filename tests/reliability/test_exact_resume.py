@@ -155,6 +155,9 @@ SMALLER = {
     "conformer_ctc": ["data.train_size=64", "data.val_size=16", "data.test_size=16"],
     "gpt": ["model.net.dim=32", "model.net.num_layers=1"],
     "rnn_seq2seq": ["data.train_size=512", "data.val_size=64", "data.test_size=64"],
+    "hubert": ["data.train_size=64", "data.val_size=16", "data.test_size=16",
+               "model.kmeans_utterances=16", "model.kmeans_iter=5", "model.net.dim=32",
+               "model.net.num_layers=1", "model.net.num_heads=2", "model.net.ff_dim=32"],
 }
 
 

@@ -131,6 +131,9 @@ WRONG_SIZES: dict[str, list[tuple[str, Callable, str]]] = {
               "t must be an int64 tensor of shape (2,)")],
     "gmm": [("width", lambda m: [_image_like((2, 1, 8, 9))], "(B, 1, 8, 8)")],
     "kmeans": [("flattened", lambda m: [_image_like((2, 64))], "(B, 1, 8, 8)")],
+    "hubert": [("lengths batch", lambda m: [m.example_input(2)[0], torch.tensor([4000])],
+                "lengths must be an integer tensor of shape (2,)"),
+               ("stereo", lambda m: [torch.zeros(2, 2, 4000)], "(B, N)")],
 }
 
 SIZE_CASES = [(name, i) for name, cases in WRONG_SIZES.items() for i in range(len(cases))]

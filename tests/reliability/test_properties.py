@@ -156,6 +156,7 @@ DRAW: dict[str, Callable] = {
     "odenet": _image_model(), "cnf": _draw_points, "latent_ode": _draw_series,
     "rnn_seq2seq": _draw_transformer, "act": _draw_pondernet,
     "gmm": _image_model(), "kmeans": _image_model(), "ddpm": _draw_ddpm,
+    "hubert": _draw_ctc,
 }
 
 
@@ -190,12 +191,15 @@ def _expected_shapes(name: str, model, args) -> dict[int, tuple[int, ...]]:
     if name in ("ctc", "conformer_ctc"):
         t = int(model.output_lengths(args[1]).max())
         return {0: (b, t, model.num_classes), 1: (b,)}
+    if name == "hubert":
+        t = int(model.output_lengths(args[1]).max())
+        return {0: (b, t, model.num_clusters), 1: (b,)}
     return {}
 
 
 def _alone(name: str, args: list, i: int) -> list:
     """The arguments of example ``i`` of the batch on its own."""
-    if name in ("ctc", "conformer_ctc"):
+    if name in ("ctc", "conformer_ctc", "hubert"):
         n = int(args[1][i])
         return [args[0][i : i + 1, :n], args[1][i : i + 1]]
     return [a[i : i + 1] for a in args]
@@ -215,6 +219,9 @@ def _example_outputs(name: str, out, i: int, alone: bool) -> list[torch.Tensor]:
     if name in ("ctc", "conformer_ctc"):
         frames = int(out.lengths[j])
         return [out.log_probs[j, :frames], out.lengths[j]]
+    if name == "hubert":
+        frames = int(out.lengths[j])
+        return [out.logits[j, :frames], out.lengths[j]]
     if torch.is_tensor(out):
         return [out[j]]
     return [t[j] for t in out]
@@ -672,6 +679,27 @@ def test_mixture_objectives(n, k, d, seed):
     purity = float(losses.cluster_purity(clusters, labels, k, 3))
     assert 1 / 3 - 1e-9 <= purity <= 1  # at least the commonest label's share in each cluster
     assert float(losses.cluster_purity(labels, labels, 3, 3)) == 1
+
+
+@covers("span_mask", "cosine_logits", "masked_prediction_loss")
+@SOME
+@given(b=batch_sizes, t=st.integers(1, 40), span=st.integers(1, 6), p=st.floats(0, 1),
+       seed=seeds)
+def test_hubert_objectives(b, t, span, p, seed):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, t + 1, (b,), generator=g)
+    mask = losses.span_mask(lengths, t, mask_prob=p, span=span, generator=g)
+    assert mask.shape == (b, t)
+    valid = torch.arange(t) < lengths[:, None]
+    assert not (mask & ~valid).any()  # never padding
+    assert (mask.sum(1) <= torch.clamp(torch.round(p * lengths / span), min=0) * span).all()
+    logits = losses.cosine_logits(_randn(seed, b, t, 5), _randn(seed + 1, 7, 5), 0.1)
+    assert logits.shape == (b, t, 7) and (logits.abs() <= 10 + 1e-9).all()  # |cos| / τ
+    targets = torch.randint(0, 7, (b, t), generator=g)
+    out = losses.masked_prediction_loss(logits, targets, mask, valid)
+    assert out["loss"] >= 0 and 0 <= out["masked_acc"] <= 1
+    if not (mask & valid).any():
+        assert out["loss"] == 0
 
 
 def test_every_loss_has_a_property_test():
