@@ -3,11 +3,14 @@ Monte Carlo and closed forms; the Lightning run against the network's own ``fit`
 
 from __future__ import annotations
 
+import os
+import socket
 import warnings
 
 import numpy as np
 import pytest
 import torch
+import torch.multiprocessing as mp
 from sklearn.cluster import KMeans as SkKMeans
 from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
@@ -15,7 +18,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
 from mlnotes_zoo import create_model
-from mlnotes_zoo.lit.mixture import LitMixture
+from mlnotes_zoo.lit.mixture import EMStep, LitMixture
 from mlnotes_zoo.models.mixture import (
     GaussianMixture,
     cluster_purity,
@@ -233,3 +236,43 @@ def test_lightning_epochs_are_the_em_iterations_of_fit(make_cfg, tmp_path):
                                rtol=0, atol=1e-9)
     assert {"test/log_likelihood", "test/purity", "test/train_bic"} <= metrics.keys()
     assert 0.5 < metrics["test/purity"] <= 1
+
+
+# -- two gloo ranks, each with half the data == one process with all of it ---------------------
+def _em_rank(rank: int, port: int, results) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=2)
+    try:
+        x = _blobs(seed=7)
+        gmm = _ours(x, 3, "full", _start(x, 3, "full"), reg_covar=1e-6)
+        optimizer = EMStep(gmm)
+        shard = torch.from_numpy(x).chunk(2)[rank]
+        for _ in range(3):  # three epochs of two batches each
+            first, second = shard.chunk(2)
+            optimizer.step(statistics=gmm.statistics(first))
+            optimizer.step(statistics=gmm.statistics(second), m_step=True)
+        results[rank] = (gmm.state_dict(), optimizer.lower_bounds.clone())
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.dist
+def test_two_ddp_ranks_take_the_full_data_m_step():
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_em_rank, args=(port, results), nprocs=2, join=True)
+    x = _blobs(seed=7)
+    single = _ours(x, 3, "full", _start(x, 3, "full"), reg_covar=1e-6).fit(
+        torch.from_numpy(x), max_iter=3, tol=-1)
+    for rank in range(2):
+        state, bounds = results[rank]
+        for name, value in single.state_dict().items():
+            torch.testing.assert_close(state[name], value, rtol=0, atol=1e-10, msg=name)
+        torch.testing.assert_close(bounds, torch.tensor(single.lower_bounds_, dtype=bounds.dtype),
+                                   rtol=0, atol=1e-10)

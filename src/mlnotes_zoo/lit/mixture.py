@@ -27,6 +27,7 @@ class EMStep(torch.optim.Optimizer):
     the optimizer state; ``step(statistics=..., m_step=True)`` also re-estimates the
     network's parameters from all the sums since the last M step and clears them.
 
+    Under DDP the sums are added over the ranks before the M step.
     The sums live in ``state``, hence in the checkpoint's optimizer state: a run stopped
     mid-epoch resumes with the half-epoch's sums (exact resume), and Lightning counts each
     step in ``global_step``. ``lower_bound`` (mean log-likelihood of the last M step's data
@@ -49,6 +50,11 @@ class EMStep(torch.optim.Optimizer):
         for key, value in (statistics or {}).items():
             sums[key] = sums[key] + value if key in sums else value.clone()
         if m_step and sums:
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                # DDP: each rank summed its shard of the epoch; the M step needs all of it,
+                # and every rank then takes the same step (the parameters stay identical)
+                for value in sums.values():
+                    torch.distributed.all_reduce(value)
             self.net.m_step(sums)
             mean = (sums["log_likelihood"] if "log_likelihood" in sums
                     else -sums["inertia"]) / sums["count"]
