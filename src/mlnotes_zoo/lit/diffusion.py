@@ -107,7 +107,8 @@ class LitDiffusion(ZooModule):
         self.trajectory_steps = trajectory_steps
         self.eval_seed = eval_seed
         self.ema = (AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(ema_decay),
-                                  use_buffers=True) if ema_decay > 0 else None)
+                                  use_buffers=True).requires_grad_(False)
+                    if ema_decay > 0 else None)  # averaged, never trained
         self._step_generator = torch.Generator().manual_seed(eval_seed + 1)
         self._eval: dict[str, Any] = {}  # the classifier: out of the state_dict
 
@@ -126,7 +127,7 @@ class LitDiffusion(ZooModule):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.ema is not None:
-            self.ema.update_parameters(self.net)  # θ_ema ← d·θ_ema + (1 − d)·θ
+            self.ema.update_parameters(_Full(self.net))  # θ_ema ← d·θ_ema + (1 − d)·θ
 
     def on_validation_epoch_start(self) -> None:
         self._step_generator = torch.Generator().manual_seed(self.eval_seed + 1)
@@ -271,3 +272,22 @@ class LitDiffusion(ZooModule):
                 nrow=8, padding=1, pad_value=0.5)
         net.train(was_training)
         return grids
+
+
+class _Full:
+    """The parameters and buffers of ``net`` as whole tensors: under FSDP2 (trainer=fsdp) each
+    rank holds a shard (a DTensor) and gathers the rest here, so the EMA copy is an ordinary
+    full network on every rank that samples without collectives (pictures run on rank 0)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        self.net = net
+
+    @staticmethod
+    def _whole(tensors: Any) -> Any:
+        return (t.full_tensor() if hasattr(t, "full_tensor") else t for t in tensors)
+
+    def parameters(self) -> Any:
+        return self._whole(self.net.parameters())
+
+    def buffers(self) -> Any:
+        return self._whole(self.net.buffers())
