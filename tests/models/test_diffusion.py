@@ -32,6 +32,8 @@ from mlnotes_zoo.models.diffusion import (
     discretized_gaussian_log_likelihood,
     eps_from_v,
     linear_betas,
+    mean_fill,
+    nearest_fill,
     normal_kl,
     q_posterior,
     q_sample,
@@ -296,6 +298,40 @@ def test_variational_bound_terms_sum_and_an_exact_denoiser_is_tight():
     assert (terms["total"] > exact["total"]).all()
 
 
+# -- inpainting ------------------------------------------------------------------------------
+def test_inpainting_keeps_the_visible_pixels_and_an_oracle_fills_in_the_truth():
+    x0 = (torch.randint(0, 17, (3, 1, 8, 8)) / 16.0) * 2 - 1
+    mask = (torch.arange(8) < 4).float().view(1, 1, 8, 1)
+    net = _tiny().eval()
+    filled = net.inpaint(x0, mask, steps=10, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(filled * mask, x0 * mask)
+    assert (filled - x0).abs().max() > 0.1  # an untrained net does not know the rest
+
+    class Oracle(DDPM):  # x̂_0 = the truth: DDIM (η = 0) lands on it
+        def predict(self, xt, t, y=None, *, guidance=1.0, clip=True):
+            a = self.alpha_bar[t].view(-1, 1, 1, 1).to(xt.dtype)
+            return (xt - a.sqrt() * x0) / (1 - a).sqrt(), x0.to(xt.dtype)
+
+    oracle = Oracle(**TINY)
+    torch.testing.assert_close(oracle.inpaint(x0, mask, steps=10), x0, atol=1e-5, rtol=0)
+
+
+def test_inpainting_baselines_match_scikit_learn_nearest_neighbours():
+    from sklearn.neighbors import NearestNeighbors
+
+    torch.manual_seed(5)
+    train, images = torch.rand(50, 1, 8, 8), torch.rand(7, 1, 8, 8)
+    mask = (torch.arange(8) < 4).float().view(1, 1, 8, 1)
+    top = slice(0, 4)
+    index = NearestNeighbors(n_neighbors=1).fit(train[:, :, top].flatten(1).numpy())
+    nearest = torch.as_tensor(index.kneighbors(images[:, :, top].flatten(1).numpy())[1][:, 0])
+    expected = images.clone()
+    expected[:, :, 4:] = train[nearest][:, :, 4:]
+    torch.testing.assert_close(nearest_fill(train, images, mask), expected)
+    expected[:, :, 4:] = train.mean(0)[:, 4:]
+    torch.testing.assert_close(mean_fill(train, images, mask), expected)
+
+
 # -- end to end ------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_train_and_test_write_fid_coverage_and_guided_accuracy(make_cfg, tmp_path):
@@ -311,11 +347,13 @@ def test_train_and_test_write_fid_coverage_and_guided_accuracy(make_cfg, tmp_pat
     for key in ("test/fid", "test/fid_floor", "test/class_coverage", "test/sample_seconds",
                 "test/fid_ancestral", "test/class_coverage_ancestral",
                 "test/guided_acc_w0", "test/guided_acc_w1", "test/guided_acc_w3", "test/fid_w3",
-                "test/bpd", "test/bpd_prior", "test/bpd_diffusion", "test/bpd_decoder"):
+                "test/bpd", "test/bpd_prior", "test/bpd_diffusion", "test/bpd_decoder",
+                "test/inpaint_mse", "test/inpaint_mse_single", "test/inpaint_mse_mean_fill",
+                "test/inpaint_mse_nearest"):
         assert key in metrics and math.isfinite(metrics[key]), key
     parts = sum(metrics[f"test/bpd_{k}"] for k in ("prior", "diffusion", "decoder"))
     assert metrics["test/bpd"] == pytest.approx(parts, rel=1e-5)
     pictures = {p.stem for p in (tmp_path / "pictures").glob("*.png")}
-    assert {"samples", "trajectory", "guided"} <= pictures
+    assert {"samples", "trajectory", "guided", "inpainting"} <= pictures
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert any(k.startswith("ema.") for k in ckpt["state_dict"])

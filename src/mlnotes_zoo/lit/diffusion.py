@@ -23,7 +23,7 @@ from mlnotes_zoo.constraints import (
     UnitInterval,
 )
 from mlnotes_zoo.lit.base import ZooModule
-from mlnotes_zoo.models.diffusion import DDPM
+from mlnotes_zoo.models.diffusion import DDPM, mean_fill, nearest_fill
 from mlnotes_zoo.models.gan import class_coverage, classifier_fid, load_or_train_classifier
 
 
@@ -44,7 +44,13 @@ class LitDiffusion(ZooModule):
     ``class_coverage_ancestral``, ``sample_seconds_ancestral`` (T steps). A class-conditional
     net adds, for each guidance weight w, ``guided_acc_w<w>`` (the classifier's accuracy on
     samples asked for class y = i mod K) and ``fid_w<w>``. With ``vlb_eval``: ``bpd`` (the
-    bound in bits/dim) and its terms ``bpd_prior``, ``bpd_diffusion``, ``bpd_decoder``.
+    bound in bits/dim) and its terms ``bpd_prior``, ``bpd_diffusion``, ``bpd_decoder``. With
+    ``inpaint_eval``: ``inpaint_mse``, the mean squared error per hidden pixel (in [0, 1]) of
+    the test images' lower half filled from the upper half by the mean of
+    ``inpaint_samples`` fills of :meth:`DDPM.inpaint` (an estimate of the posterior mean, the
+    fill of least expected squared error); ``inpaint_mse_single`` of one fill; beside the
+    baselines ``inpaint_mse_mean_fill`` (the training mean) and ``inpaint_mse_nearest``
+    (the training image nearest on the visible half).
 
     Args:
         net: the DDPM (or its registry spec when loaded from a checkpoint).
@@ -56,6 +62,8 @@ class LitDiffusion(ZooModule):
         ancestral_eval: also score T-step ancestral samples at test (slow: T net calls).
         ancestral_variance: σ_t² = β_t or β̃_t of the ancestral sampler (and of p_θ in the
             variational bound).
+        inpaint_eval: score inpainting of the test images' lower half (see below).
+        inpaint_samples: fills averaged per image for ``inpaint_mse``.
         vlb_eval: also the variational bound on −log P(x) of the test split in bits/dim
             (T net calls per batch), on the data's discrete levels as ``realnvp``/``glow``.
         guidance_weights: the w at which a class-conditional net is scored.
@@ -80,6 +88,8 @@ class LitDiffusion(ZooModule):
         ancestral_eval: bool = False,
         ancestral_variance: Literal["beta", "beta_tilde"] = "beta",
         vlb_eval: bool = False,
+        inpaint_eval: bool = True,
+        inpaint_samples: PositiveInt = 4,
         guidance_weights: list[NonNegativeFloat] = (0.0, 1.0, 3.0),
         classifier_dir: str | None = "data/classifiers",
         classifier_steps: PositiveInt = 1500,
@@ -98,6 +108,8 @@ class LitDiffusion(ZooModule):
         self.ancestral_eval = ancestral_eval
         self.ancestral_variance = ancestral_variance
         self.vlb_eval = vlb_eval
+        self.inpaint_eval = inpaint_eval
+        self.inpaint_samples = inpaint_samples
         self.guidance_weights = [float(w) for w in guidance_weights]
         self.classifier_dir = classifier_dir
         self.classifier_steps = classifier_steps
@@ -188,7 +200,43 @@ class LitDiffusion(ZooModule):
                 metrics[f"test/fid_{name}"] = self._fid(samples)
         if self.vlb_eval:
             metrics.update(self._bound(test_x))
+        if self.inpaint_eval:
+            metrics.update(self._inpaint_metrics(self._split("train")[0], test_x))
         self.log_dict({key: value.float() for key, value in metrics.items()})
+
+    def inpaint_mask(self, like: Tensor) -> Tensor:
+        """1 on the upper half of the rows (visible), 0 on the lower half: (1, 1, H, 1)."""
+        h = like.shape[-2]
+        return (torch.arange(h, device=like.device) < h // 2).to(like.dtype).view(1, 1, h, 1)
+
+    @torch.no_grad()
+    def inpaint(self, images: Tensor, fills: int = 1) -> Tensor:
+        """``images`` in [0, 1] with their lower half filled by the model, in [0, 1]:
+        (fills, B, C, H, W)."""
+        net = self.sampler
+        was_training = net.training
+        net.eval()
+        mask = self.inpaint_mask(images).to(self.device)
+        gen = torch.Generator().manual_seed(self.eval_seed + 3)
+        out = torch.stack([
+            torch.cat([net.inpaint(chunk.to(self.device) * 2 - 1, mask, steps=self.sample_steps,
+                                   eta=self.ddim_eta, generator=gen)
+                       for chunk in images.split(1000)])
+            for _ in range(fills)])
+        net.train(was_training)
+        return ((out + 1) / 2).clamp(0, 1)
+
+    def _inpaint_metrics(self, train: Tensor, images: Tensor) -> dict[str, Tensor]:
+        mask = self.inpaint_mask(images)
+        hidden = (1 - mask).expand_as(images).sum() * 1.0
+
+        def mse(filled: Tensor) -> Tensor:
+            return (((filled.cpu() - images) ** 2) * (1 - mask)).sum() / hidden
+
+        fills = self.inpaint(images, self.inpaint_samples)
+        return {"test/inpaint_mse": mse(fills.mean(0)), "test/inpaint_mse_single": mse(fills[0]),
+                "test/inpaint_mse_mean_fill": mse(mean_fill(train, images, mask)),
+                "test/inpaint_mse_nearest": mse(nearest_fill(train, images, mask))}
 
     def _bound(self, images: Tensor) -> dict[str, Tensor]:
         """The variational bound's terms in bits/dim, means over ``images`` in [0, 1]."""
@@ -264,6 +312,11 @@ class LitDiffusion(ZooModule):
                                   trajectory=self.trajectory_steps)  # (8, k, C, H, W)
         grids["trajectory"] = make_grid(((path.flatten(0, 1) + 1) / 2).clamp(0, 1),
                                         nrow=path.shape[1], padding=1, pad_value=0.5)
+        if self.inpaint_eval:  # rows: visible upper half / model's fill / truth
+            truth = batch[0][:8].to(self.device)
+            shown = truth * self.inpaint_mask(truth) + 0.5 * (1 - self.inpaint_mask(truth))
+            grids["inpainting"] = make_grid(torch.cat([shown, self.inpaint(truth)[0], truth]),
+                                            nrow=len(truth), padding=1, pad_value=0.5)
         if net.num_classes:  # one row per class at the largest guidance weight
             k = net.num_classes
             labels = torch.arange(k).repeat_interleave(8)

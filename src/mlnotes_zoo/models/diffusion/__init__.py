@@ -12,6 +12,8 @@ from mlnotes_zoo.models.diffusion.model import (
     discretized_gaussian_log_likelihood,
     eps_from_v,
     linear_betas,
+    mean_fill,
+    nearest_fill,
     normal_kl,
     q_posterior,
     q_sample,
@@ -31,4 +33,4 @@ __all__ = ["DDPM", "ddpm", "OBJECTIVE", "MAX_FINAL_ALPHA_BAR", "linear_betas", "
            "ddim_timesteps", "q_sample", "q_posterior", "x0_from_eps", "v_from_eps",
            "eps_from_v", "diffusion_loss", "normal_kl",
            "discretized_gaussian_log_likelihood", "UNet", "ResBlock", "AttentionBlock",
-           "Downsample", "Upsample", "sinusoidal_embedding"]
+           "Downsample", "Upsample", "sinusoidal_embedding", "mean_fill", "nearest_fill"]

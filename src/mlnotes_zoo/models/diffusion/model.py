@@ -39,7 +39,8 @@ from mlnotes_zoo.registry import register_model
 
 OBJECTIVE = ["q_sample", "q_posterior", "x0_from_eps", "v_from_eps", "eps_from_v",
              "diffusion_loss", "normal_kl", "discretized_gaussian_log_likelihood"]
-__all__ = ["DDPM", "ddpm", "linear_betas", "cosine_betas", "ddim_timesteps",
+__all__ = ["DDPM", "ddpm", "linear_betas", "cosine_betas", "ddim_timesteps", "mean_fill",
+           "nearest_fill",
            "MAX_FINAL_ALPHA_BAR", *OBJECTIVE]
 
 # ᾱ_T above this leaves visible signal in x_T (its std √ᾱ_T > 0.03 of x_0), so sampling
@@ -350,8 +351,26 @@ class DDPM(nn.Module):
                             y=y, guidance=guidance, clip=clip, generator=generator,
                             trajectory=trajectory)
 
-    def _sample(self, n, times, *, eta, variance, y, guidance, clip, generator, trajectory):
+    @torch.no_grad()
+    def inpaint(self, known: Tensor, mask: Tensor, *, steps: int = 50, eta: float = 0.0,
+                generator: torch.Generator | None = None) -> Tensor:
+        """Fill the pixels where ``mask`` is 0 in ``known`` (B, C, H, W) in [−1, 1] (``mask``
+        1 on the visible pixels, broadcastable to ``known``), with the unconditional model:
+        after every DDIM step the visible pixels are replaced by a draw of q(x_τ' | x_0)
+        (RePaint, Lugmayr et al. 2022, without its resampling jumps), so the last step
+        returns them exactly. Returns (B, C, H, W) in [−1, 1]."""
+        return self._sample(known.shape[0], ddim_timesteps(self.timesteps, steps), eta=eta,
+                            variance=None, y=None, guidance=1.0, clip=True,
+                            generator=generator, trajectory=0, known=(known, mask.to(known)))
+
+    def _sample(self, n, times, *, eta, variance, y, guidance, clip, generator, trajectory,
+                known=None):
         x = self._start(n, generator)
+        if known is not None:  # the visible pixels of x_T: a draw of q(x_T | x_0)
+            image, visible = known
+            t0 = torch.full((n,), times[0], device=x.device, dtype=torch.long)
+            x = visible * q_sample(image, t0, self._noise(x, generator), self.alpha_bar) \
+                + (1 - visible) * x
         states = [x] if trajectory else []  # x_T, then x after each step
         alpha_bar = self.alpha_bar
         for i, step in enumerate(times):
@@ -372,6 +391,13 @@ class DDPM(nn.Module):
                 x = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp(min=0).sqrt() * eps \
                     + sigma * z
             x = x.float()
+            if known is not None:
+                if prev >= 0:
+                    t_prev = torch.full((n,), prev, device=x.device, dtype=torch.long)
+                    seen = q_sample(image, t_prev, self._noise(x, generator), self.alpha_bar)
+                else:
+                    seen = image
+                x = visible * seen + (1 - visible) * x
             if trajectory:
                 states.append(x)
         if not trajectory:
@@ -380,6 +406,19 @@ class DDPM(nn.Module):
         last = len(states) - 1
         keep = sorted({round(i * last / max(trajectory - 1, 1)) for i in range(trajectory)})
         return x, torch.stack([states[i] for i in keep], dim=1)
+
+
+def mean_fill(train: Tensor, images: Tensor, mask: Tensor) -> Tensor:
+    """Baseline inpainting: the hidden pixels (``mask`` 0) get the training images' mean."""
+    return mask * images + (1 - mask) * train.mean(0, keepdim=True)
+
+
+def nearest_fill(train: Tensor, images: Tensor, mask: Tensor) -> Tensor:
+    """Baseline inpainting: the hidden pixels are copied from the training image nearest in
+    squared distance on the visible pixels."""
+    visible = mask.expand_as(images[:1]).flatten(1)  # (1, D)
+    dist = torch.cdist(images.flatten(1) * visible, train.flatten(1) * visible)  # (B, N)
+    return mask * images + (1 - mask) * train[dist.argmin(1)]
 
 
 @register_model("ddpm")
