@@ -70,6 +70,8 @@ class LitDiffusion(ZooModule):
         classifier_dir, classifier_steps, fid_max_samples, coverage_min_share: as in
             :class:`~mlnotes_zoo.lit.gan.LitGAN`.
         num_pictures: images in the sample grid.
+        pictures_every_n_epochs: draw the pictures (T/steps net calls each) only on every
+            n-th validation epoch; the others return none.
         trajectory_steps: snapshots x_T … x_0 per row of the trajectory picture.
         eval_seed: seed of the evaluation noise.
         optimizer, scheduler, activation_checkpointing: see :class:`ZooModule`.
@@ -96,6 +98,7 @@ class LitDiffusion(ZooModule):
         fid_max_samples: PositiveInt = 10000,
         coverage_min_share: Fraction = 0.5,
         num_pictures: NonNegativeInt = 64,
+        pictures_every_n_epochs: PositiveInt = 1,
         trajectory_steps: PositiveInt = 10,
         eval_seed: Seed = 1234,
         **base_kwargs: Any,
@@ -116,6 +119,7 @@ class LitDiffusion(ZooModule):
         self.fid_max_samples = fid_max_samples
         self.coverage_min_share = coverage_min_share
         self.num_pictures = num_pictures
+        self.pictures_every_n_epochs = pictures_every_n_epochs
         self.trajectory_steps = trajectory_steps
         self.eval_seed = eval_seed
         self.ema = (AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(ema_decay),
@@ -299,6 +303,8 @@ class LitDiffusion(ZooModule):
     # -- pictures ------------------------------------------------------------------------
     @torch.no_grad()
     def pictures(self, batch: Any) -> dict[str, Tensor]:
+        if self._trainer is not None and self.current_epoch % self.pictures_every_n_epochs:
+            return {}
         grids = {}
         if self.num_pictures:
             grids["samples"] = make_grid(self.samples(self.num_pictures), nrow=8, padding=1,
