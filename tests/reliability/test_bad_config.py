@@ -33,7 +33,7 @@ MODEL_FOR_DATA = {
     "spoken_symbols": "ctc", "librispeech": "ctc", "speech_commands": "conformer_ctc",
     "audio_folder": "ctc", "parity": "pondernet", "seq2seq_numbers": "transformer",
     "text": "gpt",
-    "toy2d": "cnf", "irregular_series": "latent_ode",
+    "toy2d": "cnf", "irregular_series": "latent_ode", "spoken_symbols_1k": "hubert",
 }
 
 
