@@ -23,11 +23,12 @@ from mlnotes_zoo.constraints import (
     UnitInterval,
 )
 from mlnotes_zoo.lit.base import ZooModule
+from mlnotes_zoo.lit.sample_quality import ClassifierJudged
 from mlnotes_zoo.models.diffusion import DDPM, mean_fill, nearest_fill
-from mlnotes_zoo.models.gan import class_coverage, classifier_fid, load_or_train_classifier
+from mlnotes_zoo.models.gan import class_coverage, classifier_fid
 
 
-class LitDiffusion(ZooModule):
+class LitDiffusion(ClassifierJudged, ZooModule):
     """Trains :class:`~mlnotes_zoo.models.diffusion.DDPM` on L_simple (Ho et al. 2020,
     Algorithm 1) or the v loss; images arrive in [0, 1] and are mapped to [−1, 1].
 
@@ -275,30 +276,10 @@ class LitDiffusion(ZooModule):
             fid.update(chunk.to(self.device), real=False)
         return fid.compute().float()
 
-    def _has_reference_data(self) -> bool:
-        dm = self._trainer.datamodule if self._trainer is not None else None
-        return hasattr(dm, "reference_data")
-
-    def _split(self, name: str) -> tuple[Tensor, Tensor]:
-        return self.trainer.datamodule.reference_data(name).tensors
-
     def setup(self, stage: str) -> None:
         # the classifier is needed at test only; train (or load) it outside the test loop
         if stage == "test" and self._has_reference_data():
             self._evaluator()
-
-    def _evaluator(self) -> dict[str, Any]:
-        if not self._eval:
-            train_x, train_y = self._split("train")
-            classifier, accuracy = load_or_train_classifier(
-                self.classifier_dir, (train_x, train_y), self._split("test"),
-                num_classes=int(train_y.max()) + 1, steps=self.classifier_steps)
-            self._eval = {"classifier": classifier, "classifier_acc": accuracy,
-                          "device": torch.device("cpu")}
-        if self._eval["device"] != self.device:
-            self._eval["classifier"] = self._eval["classifier"].to(self.device)
-            self._eval["device"] = self.device
-        return self._eval
 
     # -- pictures ------------------------------------------------------------------------
     @torch.no_grad()

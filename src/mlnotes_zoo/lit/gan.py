@@ -20,6 +20,7 @@ from mlnotes_zoo.constraints import (
 )
 from mlnotes_zoo.errors import UsageError
 from mlnotes_zoo.lit.base import OptimizerFactory, ZooModule, _batch_size
+from mlnotes_zoo.lit.sample_quality import ClassifierJudged
 from mlnotes_zoo.models.gan import (
     GAN,
     class_coverage,
@@ -28,13 +29,12 @@ from mlnotes_zoo.models.gan import (
     discriminator_loss,
     gradient_penalty,
     interpolate,
-    load_or_train_classifier,
     non_saturating_generator_loss,
     wasserstein_generator_loss,
 )
 
 
-class LitGAN(ZooModule):
+class LitGAN(ClassifierJudged, ZooModule):
     """Trains :class:`~mlnotes_zoo.models.gan.GAN` by alternating discriminator and
     generator updates (Goodfellow et al. 2014, Algorithm 1; Gulrajani et al. 2017, Algorithm 1).
 
@@ -249,39 +249,16 @@ class LitGAN(ZooModule):
         self.net.train(was_training)
         return out
 
-    def _has_reference_data(self) -> bool:
-        dm = self._trainer.datamodule if self._trainer is not None else None
-        return hasattr(dm, "reference_data")
-
-    def _split(self, name: str) -> tuple[Tensor, Tensor]:
-        """(images (N, C, H, W) in [0, 1], labels (N,)) of a whole split."""
-        return self.trainer.datamodule.reference_data(name).tensors
-
     def setup(self, stage: str) -> None:
         # train or load the classifier here, before the first validation: a hook that runs
         # outside the evaluation loops, so its training is not under inference mode
         if self._has_reference_data():
             self._evaluator()
 
-    def _evaluator(self) -> dict[str, Any]:
-        """The cached classifier and the validation FID metric, built on first use."""
-        if not self._eval:
-            train_x, train_y = self._split("train")
-            classifier, accuracy = load_or_train_classifier(
-                self.classifier_dir, (train_x, train_y), self._split("test"),
-                num_classes=int(train_y.max()) + 1, steps=self.classifier_steps)
-            self._eval = {
-                "classifier_device": torch.device("cpu"),
-                "classifier": classifier,
-                "classifier_acc": accuracy,
-                "val_fid": classifier_fid(classifier, reset_real_features=False),
-                "val_real_done": False,
-            }
-        if self._eval["classifier_device"] != self.device:  # setup() runs before .to(device)
-            for key in ("classifier", "val_fid"):
-                self._eval[key] = self._eval[key].to(self.device)
-            self._eval["classifier_device"] = self.device
-        return self._eval
+    def _evaluation_extras(self, classifier: nn.Module) -> dict[str, Any]:
+        # the validation FID keeps the real split's features between epochs
+        return {"val_fid": classifier_fid(classifier, reset_real_features=False),
+                "val_real_done": False}
 
     # -- pictures ------------------------------------------------------------------------
     @torch.no_grad()
