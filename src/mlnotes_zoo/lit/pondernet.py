@@ -24,72 +24,28 @@ from mlnotes_zoo.lit.base import OptimizerFactory, SchedulerFactory, ZooModule
 from mlnotes_zoo.models.pondernet import PonderNet, expected_steps, ponder_loss
 
 
-class LitPonderNet(ZooModule):
-    """Trains :class:`~mlnotes_zoo.models.pondernet.PonderNet` on L_rec + β·KL(p ‖ p_G).
+class ParityModule(ZooModule):
+    """What LitPonderNet and LitACT share, so that the two read side by side: gradient-norm
+    clipping by default (``self.grad_clip``), evaluation on the interpolation (0) and
+    extrapolation (1) dataloaders, the steps' rank correlation with the number of non-zero
+    entries at test, and the halting statistics, picture and report.
 
-    Args:
-        net: the PonderNet (or its registry spec when loaded from a checkpoint).
-        beta: β, weight of the KL regulariser towards the geometric prior.
-        lambda_p: λ_p of the prior p_G(n) = λ_p (1 − λ_p)^{n−1}; its mean 1/λ_p steps is
-            the prior's guess of how long to think.
-        halting: evaluation rule, ``"sample"`` (halt at step n with probability λ_n, as in
-            the paper) or ``"threshold"`` (halt once Σ_{j≤n} p_j ≥ ``threshold``).
-        threshold: the cumulative halting probability of the ``"threshold"`` rule.
-        grad_clip: gradient-norm clipping used when the trainer sets none (the recurrent
-            step is applied N times; labml clips at 1 as well). 0 disables it.
-        optimizer, scheduler, activation_checkpointing: see
-            :class:`~mlnotes_zoo.lit.base.ZooModule`.
-
-    Logged: ``loss``, ``reconstruction``, ``kl``, ``acc`` (prediction at the halting step),
-    ``steps`` (the halting step under ``halting``), ``expected_steps`` (E_p[n]); in
-    evaluation also ``acc_extrap``, ``steps_extrap`` and, at test, ``steps_spearman`` (rank
-    correlation of halting step with the number of non-zero entries).
+    A subclass calls :meth:`init_evaluation` in its constructor; its ``model_step`` leaves
+    ``self._last_eval = (halting probabilities (N, B), halting steps (B,))``.
     """
 
-    net: PonderNet
+    grad_clip: float
 
-    def __init__(
-        self,
-        *,
-        net: nn.Module | Mapping[str, Any],
-        beta: NonNegativeFloat = 0.01,
-        lambda_p: Probability = 0.2,
-        halting: Literal["sample", "threshold"] = "sample",
-        threshold: Probability = 0.5,
-        grad_clip: NonNegativeFloat = 1.0,
-        optimizer: OptimizerFactory | None = None,
-        scheduler: SchedulerFactory | None = None,
-        **base_kwargs: Any,
-    ) -> None:
-        super().__init__(net=net, optimizer=optimizer, scheduler=scheduler, **base_kwargs)
-        self.beta, self.lambda_p = beta, lambda_p
-        self.halting, self.threshold = halting, threshold
-        self.grad_clip = grad_clip
+    def init_evaluation(self) -> None:
         self.acc_extrap = MeanMetric()
         self.steps_extrap = MeanMetric()
         self.steps_spearman = SpearmanCorrCoef()
         self.halting_stats = HaltingStatistics(self.net.in_features + 1, self.net.max_steps)
         self._halting_table: dict[str, Any] | None = None  # of the last validation epoch
 
-    # -- the step ------------------------------------------------------------------------
-    def model_step(self, batch: Any, stage: str) -> dict[str, Tensor]:
-        x, y, _ = batch
-        y_hat, lambdas = self.net(x)  # (N, B, 1), (N, B)
-        out = ponder_loss(y_hat, lambdas, y, beta=self.beta, lambda_p=self.lambda_p)
-        p = out.pop("halting_probs")  # (N, B)
-        if stage == "train":
-            # The halting step drawn from p: what sampled inference would have answered.
-            with torch.no_grad():
-                steps = torch.multinomial(p.detach().T.float().clamp_min(0), 1).squeeze(1)
-                pred = y_hat.detach()[steps, torch.arange(x.shape[0], device=x.device)]
-            steps = steps + 1
-        else:
-            pred, steps = self.net.infer(x, halting=self.halting, threshold=self.threshold)[:2]
-        out["acc"] = ((pred.reshape(y.shape) > 0).to(y.dtype) == y).float().mean()
-        out["steps"] = steps.float().mean()
-        out["expected_steps"] = expected_steps(p.detach()).mean()
-        self._last_eval = (p.detach(), steps)
-        return out
+    def halting_label(self) -> str:
+        """How the model halts, for the report and picture."""
+        raise NotImplementedError
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None,
                                     gradient_clip_algorithm=None) -> None:
@@ -152,7 +108,7 @@ class LitPonderNet(ZooModule):
         None before any evaluation batch. Call it on every rank (it reduces over them)."""
         if not self.halting_stats.update_called:
             return None
-        return {**self.halting_stats.compute(), "halting": self.halting}
+        return {**self.halting_stats.compute(), "halting": self.halting_label()}
 
     def _write_halting_report(self, root: Path, table: Mapping[str, Any]) -> None:
         out = root / "pictures"
@@ -168,6 +124,73 @@ class LitPonderNet(ZooModule):
         if not self._halting_table:
             return {}
         return {"halting": draw_halting(self._halting_table)}
+
+
+class LitPonderNet(ParityModule):
+    """Trains :class:`~mlnotes_zoo.models.pondernet.PonderNet` on L_rec + β·KL(p ‖ p_G).
+
+    Args:
+        net: the PonderNet (or its registry spec when loaded from a checkpoint).
+        beta: β, weight of the KL regulariser towards the geometric prior.
+        lambda_p: λ_p of the prior p_G(n) = λ_p (1 − λ_p)^{n−1}; its mean 1/λ_p steps is
+            the prior's guess of how long to think.
+        halting: evaluation rule, ``"sample"`` (halt at step n with probability λ_n, as in
+            the paper) or ``"threshold"`` (halt once Σ_{j≤n} p_j ≥ ``threshold``).
+        threshold: the cumulative halting probability of the ``"threshold"`` rule.
+        grad_clip: gradient-norm clipping used when the trainer sets none (the recurrent
+            step is applied N times; labml clips at 1 as well). 0 disables it.
+        optimizer, scheduler, activation_checkpointing: see
+            :class:`~mlnotes_zoo.lit.base.ZooModule`.
+
+    Logged: ``loss``, ``reconstruction``, ``kl``, ``acc`` (prediction at the halting step),
+    ``steps`` (the halting step under ``halting``), ``expected_steps`` (E_p[n]); in
+    evaluation also ``acc_extrap``, ``steps_extrap`` and, at test, ``steps_spearman`` (rank
+    correlation of halting step with the number of non-zero entries).
+    """
+
+    net: PonderNet
+
+    def __init__(
+        self,
+        *,
+        net: nn.Module | Mapping[str, Any],
+        beta: NonNegativeFloat = 0.01,
+        lambda_p: Probability = 0.2,
+        halting: Literal["sample", "threshold"] = "sample",
+        threshold: Probability = 0.5,
+        grad_clip: NonNegativeFloat = 1.0,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+        **base_kwargs: Any,
+    ) -> None:
+        super().__init__(net=net, optimizer=optimizer, scheduler=scheduler, **base_kwargs)
+        self.beta, self.lambda_p = beta, lambda_p
+        self.halting, self.threshold = halting, threshold
+        self.grad_clip = grad_clip
+        self.init_evaluation()
+
+    # -- the step ------------------------------------------------------------------------
+    def model_step(self, batch: Any, stage: str) -> dict[str, Tensor]:
+        x, y, _ = batch
+        y_hat, lambdas = self.net(x)  # (N, B, 1), (N, B)
+        out = ponder_loss(y_hat, lambdas, y, beta=self.beta, lambda_p=self.lambda_p)
+        p = out.pop("halting_probs")  # (N, B)
+        if stage == "train":
+            # The halting step drawn from p: what sampled inference would have answered.
+            with torch.no_grad():
+                steps = torch.multinomial(p.detach().T.float().clamp_min(0), 1).squeeze(1)
+                pred = y_hat.detach()[steps, torch.arange(x.shape[0], device=x.device)]
+            steps = steps + 1
+        else:
+            pred, steps = self.net.infer(x, halting=self.halting, threshold=self.threshold)[:2]
+        out["acc"] = ((pred.reshape(y.shape) > 0).to(y.dtype) == y).float().mean()
+        out["steps"] = steps.float().mean()
+        out["expected_steps"] = expected_steps(p.detach()).mean()
+        self._last_eval = (p.detach(), steps)
+        return out
+
+    def halting_label(self) -> str:
+        return self.halting
 
 
 class HaltingStatistics(Metric):
