@@ -41,8 +41,8 @@ from mlnotes_zoo.weights import atomic_path, safe_torch_load
 
 __all__ = ["AtomicCheckpointIO", "CheckpointWriteError", "RandomState", "rng_state",
            "set_rng_state", "ResumableDataLoader", "ResumeError",
-           "resume_checkpoint", "expand_resume", "ReplayError", "hydra_value",
-           "continue_csv_logs"]
+           "resume_checkpoint", "expand_resume", "replayed_overrides", "ReplayError",
+           "hydra_value", "continue_csv_logs"]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -349,6 +349,21 @@ def expand_resume(argv: list[str],
     if not any(a.startswith("hydra.run.dir=") for a in argv):
         out.append(f"hydra.run.dir={hydra_value(str(run_dir))}")
     return [*kept, *out]
+
+
+def replayed_overrides(saved_file: Path, check: Callable[[Path, list[tuple[str, Any]]], None]
+                       | None = None) -> list[tuple[str, Any]]:
+    """``[(line, parsed override), ...]`` of a run dir's ``.hydra/overrides.yaml``, each held
+    to what :func:`expand_resume` accepts (``check`` as there); for ``eval.py`` and
+    ``predict.py``, which compose a checkpoint's run again without writing in its dir."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    saved = _saved_overrides(saved_file, OverridesParser.create())
+    for line, o in saved:
+        _refuse_unsafe(saved_file, line, o)
+    if check is not None:
+        check(saved_file, saved)
+    return saved
 
 
 class ReplayError(ResumeError):

@@ -6,6 +6,8 @@
 Prints one line per file: the text (prefixed by the file name when there are several).
 Any sample rate and channel count is accepted (mixed to mono, resampled to the model's rate).
 Lightning is not needed: the network is rebuilt with :func:`mlnotes_zoo.load_checkpoint`.
+``python predict.py ckpt_path=<ckpt> input=clip.wav`` (:mod:`mlnotes_zoo.predict`) does the same
+for one file through the configs, with the other families' predictions, into a run dir.
 """
 
 from __future__ import annotations
