@@ -32,6 +32,9 @@ def test_wheel_ships_configs_and_console_script_trains_from_any_directory(tmp_pa
                    check=True, capture_output=True)
     script = target / "bin" / "mlnotes-zoo-train"
     assert script.is_file()
+    assert (target / "bin" / "mlnotes-zoo-eval").is_file()
+    assert (target / "bin" / "mlnotes-zoo-predict").is_file()
+    assert {"eval.yaml", "predict.yaml"} <= shipped
     env = {**os.environ, "PYTHONPATH": str(target)}
     probe = subprocess.run(
         [sys.executable, "-c", "import mlnotes_zoo, mlnotes_zoo.config as c; "

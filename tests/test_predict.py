@@ -163,6 +163,8 @@ def _inputs(family: str, files: dict) -> list[str]:
             "LitVQVAE": [f"input={files['digit']}"],
             "LitDiffusion": [f"input={files['digit']}", "n=4"],
             "LitGAN": ["n=4"],
+            "LitDiffusionInpaint": [f"input={files['digit']}"],
+            "LitDAE": [f"input={files['digit']}"],
             "LitSeq2Seq": ["input=4071"], "LitRNNSeq2Seq": ["input=4071"],
             "LitGPT": ["input=To be, or not", "n=2"],
             "LitPonderNet": [parity], "LitACT": [parity],
@@ -302,7 +304,24 @@ def _latent_ode(report, out, files):
     assert report["observed_points"] == 3
 
 
-CHECKS = {"LitVAE": _vae, "LitFlow": _flow, "LitVQVAE": _vqvae, "LitDiffusion": _ddpm,
+def _inpaint(report, out, files):
+    # the visible pixels are kept; a row of masked inputs and one of fills per mask kind
+    assert all(report[f"changed_visible_pixels_{kind}"] == 0 for kind in report["mask_kinds"])
+    assert _image(out / "inpainting.png") == (10, 2 * len(report["mask_kinds"]) * 9 + 1)
+
+
+def _denoise(report, out, files):
+    # noisier inputs have a lower PSNR; rows: input, r(input), noisy/denoised per σ(, fill)
+    sigmas = sorted(float(k.removeprefix("psnr_noisy_sigma")) for k in report
+                    if k.startswith("psnr_noisy_sigma"))
+    noisy = [report[f"psnr_noisy_sigma{s:g}"] for s in sigmas]
+    assert noisy == sorted(noisy, reverse=True) and len(sigmas) >= 1
+    assert _image(out / "denoising.png")[1] in ((2 + 2 * len(sigmas)) * 9 + 1,
+                                                (4 + 2 * len(sigmas)) * 9 + 1)
+
+
+CHECKS = {"LitDiffusionInpaint": _inpaint, "LitDAE": _denoise,
+          "LitVAE": _vae, "LitFlow": _flow, "LitVQVAE": _vqvae, "LitDiffusion": _ddpm,
           "LitGAN": _gan, "LitSeq2Seq": _translate, "LitRNNSeq2Seq": _translate,
           "LitGPT": _gpt, "LitPonderNet": _parity, "LitACT": _parity, "LitCTC": _speech,
           "LitHuBERT": _hubert, "LitDetection": _detect, "LitSimCLR": _embed,
@@ -368,3 +387,28 @@ def test_the_command_line_translates_and_refuses_bad_input(checkpoints, tmp_path
     assert info.value.code == 2
     assert capfd.readouterr().err.strip().splitlines() == [
         "error: input=1,000: not a whole number from 0 to 999,999,999 (digits only)"]
+
+
+@pytest.mark.slow
+def test_a_trained_transformer_translates_numbers_it_never_saw(make_cfg, tmp_path):
+    # ~15 epochs of 800 numbers below 1,000 solve the task (validation exact match 1.0); the
+    # checkpoint alone (no run dir beside it) translates held-out numbers as number_to_words
+    from mlnotes_zoo.data.seq2seq_numbers import SeqNumbersDataModule, number_to_words
+    from mlnotes_zoo.train import main
+
+    data = ["data.max_value=999", "data.train_size=800", "data.val_size=100",
+            "data.test_size=99", "data.batch_size=32"]
+    cfg = make_cfg("model=transformer", *data, "trainer.max_epochs=30",
+                   "trainer.limit_train_batches=1.0", "trainer.limit_val_batches=1.0",
+                   "trainer.limit_test_batches=1.0", "model.patience=null", "logger=none",
+                   "callbacks.pictures=null", "trainer.enable_progress_bar=false")
+    metrics = main(cfg)
+    assert metrics["test/exact_match"] >= 0.95
+    (best,) = (tmp_path / "checkpoints").glob("best-*.ckpt")
+    unseen = SeqNumbersDataModule(max_value=999, train_size=800, val_size=100,
+                                  test_size=99).draw_numbers()["test"][:10]
+    right = 0
+    for number in unseen:
+        report = _predict(best, tmp_path / "predict" / str(number), f"input={number}")
+        right += report["words"] == " ".join(number_to_words(number))
+    assert right >= 9, right

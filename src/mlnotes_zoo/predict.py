@@ -19,6 +19,10 @@ vqvae                  an image (optional)              its reconstruction and c
                                                         images'); a VQ-VAE has no prior to sample
 ddpm                   an image (optional)              samples grid (a row per class when
                                                         class-conditional); its bound in bits/dim
+ddpm_inpaint           an image (optional)              its hidden pixels filled, per mask kind
+                                                        (else test images')
+dae                    an image (optional)              it denoised as given, and with noise σ
+                                                        added (PSNR); a lower-half fill
 transformer,           a number 0..999,999,999          the number in words (greedy; beam too
 rnn_seq2seq                                             for the RNN)
 gpt                    a text prompt                    ``n`` continuations
@@ -303,6 +307,72 @@ def _diffusion(request: Request) -> dict[str, Any]:
         result["bits_per_dim"] = float(terms["total"][0]) / (x[0].numel() * math.log(2))
         result["summary"] = (f"-log P(x) <= {result['bits_per_dim']:.3f} bits/dim "
                              f"(variational bound, {levels} levels)")
+    return result
+
+
+def _images_or_test_split(request: Request, shape: Any, default: int) -> Tensor:
+    """The image given, else the first ``n`` test images of the data."""
+    x = _image_or_none(request, shape)
+    if x is None:
+        n = request.count(default, "test images", most=1000)
+        x = request.datamodule.reference_data("test").tensors[0][:n].to(request.module.device)
+    if len(x) == 0:
+        raise InputError("n=0: give at least one image")
+    return x
+
+
+@predicts("LitDiffusionInpaint")
+@torch.no_grad()
+def _diffusion_inpaint(request: Request) -> dict[str, Any]:
+    """The hidden pixels of each of the module's ``mask_kinds`` filled in (one DDIM fill
+    from the EMA network), for the image given or ``n`` test images: rows of masked input
+    (hidden pixels grey) and fill per mask kind."""
+    from mlnotes_zoo.models.diffusion import fixed_mask
+
+    module = request.module
+    x = _images_or_test_split(request, module.net.in_shape, 8)
+    rows, result = [], {"mask_kinds": list(module.mask_kinds)}
+    for kind in module.mask_kinds:
+        mask = fixed_mask(kind, *x.shape[-2:]).to(x.device)
+        filled = module.fill(x, mask, 1)[0].to(x.device)
+        rows += [x * mask + 0.5 * (1 - mask), filled]
+        hidden = (1 - mask).expand_as(x)
+        result[f"changed_visible_pixels_{kind}"] = int(((filled - x).abs() * (1 - hidden)
+                                                        > 1e-4).sum())
+    request.save_image(torch.cat(rows), "inpainting.png", nrow=len(x))
+    result["summary"] = (f"{len(x)} image(s), masks {', '.join(module.mask_kinds)}: "
+                         f"{request.out_dir / 'inpainting.png'}")
+    return result
+
+
+@predicts("LitDAE")
+@torch.no_grad()
+def _denoise(request: Request) -> dict[str, Any]:
+    """The image given (else ``n`` test images) denoised as it is, r(x); and, for each of the
+    module's ``test_sigmas``, with Gaussian noise σ added, denoised, and the PSNR of both
+    against it; a lower-half fill too when the network was trained with masks. Picture rows:
+    input, then noisy / denoised per σ (then masked / filled)."""
+    from mlnotes_zoo.lit.dae import psnr
+    from mlnotes_zoo.models.dae import gaussian_corruption
+
+    module, net = request.module, request.module.net
+    x = _images_or_test_split(request, net.in_shape, 8)
+    generator = torch.Generator(x.device).manual_seed(module.eval_seed)
+    rows = [x, net(x).clamp(0, 1)]
+    result: dict[str, Any] = {}
+    for sigma in module.test_sigmas:
+        noisy = gaussian_corruption(x, sigma, generator=generator)
+        denoised = net(noisy).clamp(0, 1)
+        rows += [noisy.clamp(0, 1), denoised]
+        result[f"psnr_noisy_sigma{sigma:g}"] = float(psnr(noisy.clamp(0, 1), x))
+        result[f"psnr_denoised_sigma{sigma:g}"] = float(psnr(denoised, x))
+    if net.mask_prob > 0:
+        mask = module.inpaint_mask(x)
+        rows += [x * mask + 0.5 * (1 - mask), module.inpaint(x, mask)]
+    request.save_image(torch.cat(rows), "denoising.png", nrow=len(x))
+    result["summary"] = ", ".join(
+        f"σ={s:g}: PSNR {result[f'psnr_noisy_sigma{s:g}']:.1f} -> "
+        f"{result[f'psnr_denoised_sigma{s:g}']:.1f} dB" for s in module.test_sigmas)
     return result
 
 
