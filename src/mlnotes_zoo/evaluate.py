@@ -101,8 +101,10 @@ def checkpoint_overrides(args: list[str], *, entry: str = "eval.py") -> list[str
             kept.append(line)
         if not any(str(o.key_or_group) == "model" for _, o in saved):
             kept.insert(0, f"model={_network_name(ckpt_path)}")
-        return [*kept, *args]
-    return [*_hyper_parameter_overrides(ckpt_path), *args]
+    else:
+        kept = _hyper_parameter_overrides(ckpt_path)
+    flags = [a for a in args if a.startswith("-")]  # -m, --cfg ...: Hydra's, in front
+    return [*flags, *kept, *[a for a in args if not a.startswith("-")]]
 
 
 def _read_hparams(ckpt_path: str) -> dict[str, Any]:
@@ -335,7 +337,8 @@ def run_entry_point(config_name: str, task: Any, argv: list[str] | None, entry: 
         if config_name == "predict":
             args = [_value_as_given(a, "input") for a in args]
         args = checkpoint_overrides(args, entry=entry)
-        _check_before_run(config_name, args)
+        if not any(a in ("-m", "--multirun") for a in args):  # a sweep: each job checks
+            _check_before_run(config_name, args)
         sys.argv = [sys.argv[0], *args]
         with _hydra_errors_raised():
             hydra.main(config_path=str(config_dir()), config_name=config_name,

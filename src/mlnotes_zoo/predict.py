@@ -41,9 +41,10 @@ latent_ode             a CSV t,x1,x2 (optional)         the extrapolated traject
                                                         series'), CSV and picture
 =====================  ======================================================================
 
-Everything goes to a new run dir (``outputs/<model>/predict/<date>_<time>``):
-``prediction.json`` and the pictures; the answer is also printed. Input that does not fit is
-one line naming what was expected (:class:`InputError`, exit code 2).
+The model runs on the CPU. Everything goes to a new run dir
+(``outputs/<model>/predict/<date>_<time>``): ``prediction.json`` and the pictures; the answer
+is also printed. Input that does not fit is one line naming what was expected
+(:class:`InputError`, exit code 2).
 """
 
 from __future__ import annotations
