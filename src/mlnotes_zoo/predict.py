@@ -491,7 +491,8 @@ def _transcribe(request: Request) -> dict[str, Any]:
     wave = _audio(request, net.sample_rate)
     lengths = torch.tensor([len(wave)], device=wave.device)
     greedy = net.transcribe(wave[None], lengths, decoder="greedy")[0]
-    beam = net.transcribe(wave[None], lengths, decoder="beam", beam_width=8)[0]
+    beam_width = int(getattr(request.module, "beam_width", 8))
+    beam = net.transcribe(wave[None], lengths, decoder="beam", beam_width=beam_width)[0]
     return {"text": greedy, "text_beam": beam, "seconds": len(wave) / net.sample_rate,
             "summary": greedy}
 
