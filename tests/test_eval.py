@@ -92,8 +92,9 @@ def test_eval_reproduces_the_test_metrics_of_the_run(trained, tmp_path, entry_po
 
     trained_report = json.loads((trained / "metrics.json").read_text())
     best = trained_report["checkpoint"]
-    code, out = entry_points(cli, f"ckpt_path={best}", f"hydra.run.dir={tmp_path / 'eval'}",
-                             capture=capfd)
+    # limit_test_batches given again (plainly: the run added it with +) wins over the run's
+    code, out = entry_points(cli, f"ckpt_path={best}", "trainer.limit_test_batches=2",
+                             f"hydra.run.dir={tmp_path / 'eval'}", capture=capfd)
     assert code == 0, out
     report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert report.keys() >= trained_report.keys() and report["checkpoint"] == best
@@ -104,7 +105,9 @@ def test_eval_reproduces_the_test_metrics_of_the_run(trained, tmp_path, entry_po
         assert report["metrics"][name] == pytest.approx(value, rel=1e-6, abs=1e-7), name
     # the run's overrides, replayed in front of the command line's
     replayed = yaml.safe_load((tmp_path / "eval" / ".hydra" / "overrides.yaml").read_text())
-    assert replayed[:len(TINY)] == TINY and f"ckpt_path={best}" in replayed
+    run_own = [a for a in TINY if not a.startswith("+trainer.limit_test_batches")]
+    assert replayed[:len(run_own)] == run_own and f"ckpt_path={best}" in replayed
+    assert "++trainer.limit_test_batches=2" in replayed
 
     # moved out of its run dir: composed from the checkpoint's hyper-parameters; the same
     # test batches (+trainer.limit_test_batches=2) give the same metrics

@@ -85,6 +85,7 @@ def checkpoint_overrides(args: list[str], *, entry: str = "eval.py") -> list[str
         raise UsageError(f"ckpt_path={ckpt_path}: no such checkpoint file (a .ckpt written by "
                          "train.py, e.g. <run dir>/checkpoints/last.ckpt)")
     new_data = "data" in keys
+    forced: set[str] = set()
     run_dir = run_dir_of(ckpt_path)
     if run_dir is not None:
         from mlnotes_zoo.config import check_replayed
@@ -94,6 +95,8 @@ def checkpoint_overrides(args: list[str], *, entry: str = "eval.py") -> list[str
         kept = []
         for line, o in saved:
             key = str(o.key_or_group)
+            if key in keys and (o.is_add() or o.is_force_add()):
+                forced.add(key)  # the key exists only through the run's `+key=...`
             if key in ("ckpt_path", "resume", "test") or key in keys:
                 continue
             if new_data and (key == "data" or key.startswith("data.")):
@@ -104,7 +107,9 @@ def checkpoint_overrides(args: list[str], *, entry: str = "eval.py") -> list[str
     else:
         kept = _hyper_parameter_overrides(ckpt_path)
     flags = [a for a in args if a.startswith("-")]  # -m, --cfg ...: Hydra's, in front
-    return [*flags, *kept, *[a for a in args if not a.startswith("-")]]
+    given = [f"++{a.lstrip('+')}" if a.lstrip("+").split("=", 1)[0] in forced else a
+             for a in args if not a.startswith("-")]
+    return [*flags, *kept, *given]
 
 
 def _read_hparams(ckpt_path: str) -> dict[str, Any]:
