@@ -210,3 +210,19 @@ def test_a_checkpoint_whose_pickle_runs_code_is_refused_unopened(tmp_path, entry
     code, out = entry_points(cli, f"ckpt_path={hostile}", capture=capfd)
     assert "refused to load" in _one_line_exit_2(code, out)
     assert not marker.exists()
+
+
+def test_a_run_dir_whose_overrides_ask_for_more_than_values_is_refused(tmp_path, entry_points,
+                                                                         capfd):
+    # the run dir beside a checkpoint is data: its overrides are held as resume= holds them
+    from mlnotes_zoo.evaluate import cli
+
+    ckpt = _untrained_run(tmp_path / "run", ["model=kmeans"])
+    marker = tmp_path / "ran"
+    (tmp_path / "run" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(
+        ["model=kmeans", "+model.net._target_=pathlib.Path.touch",
+         f"+model.net.self={marker}"]))
+    code, out = entry_points(cli, f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'eval'}",
+                             capture=capfd)
+    assert "refusing '+model.net._target_=pathlib.Path.touch'" in _one_line_exit_2(code, out)
+    assert not marker.exists() and not (tmp_path / "eval").exists()
