@@ -412,3 +412,11 @@ def test_a_trained_transformer_translates_numbers_it_never_saw(make_cfg, tmp_pat
         report = _predict(best, tmp_path / "predict" / str(number), f"input={number}")
         right += report["words"] == " ".join(number_to_words(number))
     assert right >= 9, right
+
+
+def test_a_cnf_of_images_gives_bits_per_dim_and_a_sample_grid(files, tmp_path):
+    # experiment=cnf_digits: the CNF on flattened 8x8 digits, modelled as the flows model them
+    ckpt = _save_run(tmp_path / "run", ["experiment=cnf_digits", "model.net.hidden=16"])
+    report = _predict(ckpt, tmp_path / "out", f"input={files['digit']}", "n=4")
+    assert report["bits_per_dim"] > 0 and report["summary"].endswith("on 17 levels")
+    assert _image(tmp_path / "out" / "samples.png") == (4 * 9 + 1, 10)

@@ -647,8 +647,8 @@ def _cnf(request: Request) -> dict[str, Any]:
             torch.manual_seed(0)
             y, log_det_pixels = module.preprocess(uniform_dequantize(x, levels))
             z, log_det = net(y.flatten(1))
-            bpd = float(flow_nll(z, log_det + log_det_pixels, num_dims=y[0].numel(),
-                                 levels=levels)["bpd"][0])
+            bpd = float(flow_nll(z.detach(), (log_det + log_det_pixels).detach(),
+                                 num_dims=y[0].numel(), levels=levels)["bpd"][0])
             result.update(bits_per_dim=bpd, summary=f"{bpd:.3f} bits/dim on {levels} levels")
         else:
             what = f"a point of {net.dim} coordinates, e.g. 0.5,-1.2"
@@ -657,7 +657,7 @@ def _cnf(request: Request) -> dict[str, Any]:
                 raise InputError(f"input={request.input}: {len(point)} coordinate(s); "
                                  f"model={request.model} takes {what}")
             z, log_det = net(torch.tensor([point], device=module.device))
-            log_p = float(cnf_log_likelihood(z, log_det)[0])
+            log_p = float(cnf_log_likelihood(z.detach(), log_det.detach())[0])
             result.update(point=point, log_density_nats=log_p,
                           summary=f"log p({', '.join(f'{v:g}' for v in point)}) = "
                                   f"{log_p:.3f} nats")
