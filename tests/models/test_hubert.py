@@ -3,12 +3,19 @@ alignment with the encoder's frames; a tiny pretraining run through train.py."""
 
 from __future__ import annotations
 
+from collections import Counter
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy.stats import entropy
+from sklearn.metrics import mutual_info_score
+from sklearn.metrics.cluster import contingency_matrix
 from torchaudio.models.wav2vec2.components import LogitGenerator
 
 from mlnotes_zoo import create_model
+from mlnotes_zoo.data.spoken_symbols import SpokenSymbolsDataModule, frame_labels
 from mlnotes_zoo.errors import UsageError
 from mlnotes_zoo.lit.hubert import LitHuBERT
 from mlnotes_zoo.models.hubert import (
@@ -16,6 +23,7 @@ from mlnotes_zoo.models.hubert import (
     masked_prediction_loss,
     mfcc_features,
     span_mask,
+    target_quality,
 )
 from mlnotes_zoo.train import main
 
@@ -101,6 +109,63 @@ def test_mfcc_targets_align_one_to_one_with_encoder_frames_for_any_length(num_sa
     assert feats.shape == (2, out.logits.shape[1], 39)
 
 
+def test_target_quality_equals_scikit_learns_mutual_information_and_purities():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 9, (5000,), generator=g)
+    # clusters that partly follow the labels: a noisy many-to-one map plus random ones
+    clusters = torch.where(torch.rand(5000, generator=g) < 0.6, (labels * 3) % 13,
+                           torch.randint(0, 13, (5000,), generator=g))
+    ours = target_quality(labels, clusters)
+    y, z = labels.numpy(), clusters.numpy()
+    pnmi = mutual_info_score(y, z) / entropy(np.bincount(y))  # both in nats
+    table = contingency_matrix(y, z)  # (labels, clusters) counts
+    assert abs(float(ours["pnmi"]) - pnmi) < 1e-10 and 0.1 < pnmi < 0.9
+    assert abs(float(ours["phone_purity"]) - table.max(0).sum() / len(y)) < 1e-12
+    assert abs(float(ours["cluster_purity"]) - table.max(1).sum() / len(y)) < 1e-12
+    # clusters that are the labels renamed say everything; independent ones nothing
+    perfect = target_quality(labels, (labels * 5 + 2) % 11)
+    assert all(abs(float(v) - 1) < 1e-12 for v in perfect.values())
+    noise = target_quality(labels, torch.randint(0, 13, (5000,), generator=g))
+    assert float(noise["pnmi"]) < 0.01
+
+
+def test_frame_labels_take_each_centred_windows_commonest_block_label():
+    rng = np.random.default_rng(0)
+    alignment = np.repeat(rng.integers(0, 5, 60), rng.integers(1, 30, 60)).astype(np.int8)
+    num_samples = 8 * len(alignment) - 3
+    for frame_samples in (320, 80, 40):
+        labels = frame_labels(alignment, num_samples, frame_samples)
+        assert len(labels) == 1 + num_samples // frame_samples
+        per = frame_samples // 8
+        for t, label in enumerate(labels.tolist()):
+            window = alignment[max(t * per - per // 2, 0): t * per - per // 2 + per]
+            counts = Counter(window.tolist())
+            best = max(counts.values())
+            assert label == min(k for k, c in counts.items() if c == best)
+
+
+def test_symbol_alignment_has_the_encoders_frame_rate_and_says_the_transcript():
+    model = create_model("hubert", dim=16, num_layers=1, num_heads=2, ff_dim=16).eval()
+    data = SpokenSymbolsDataModule(train_size=4, val_size=4, test_size=40)
+    alignments = data.frame_alignments("test", model.frame_samples)
+    utterances = data.reference_data("test").utterances
+    waves = [audio for audio, _ in utterances]
+    lengths = torch.tensor([len(w) for w in waves])
+    batch = torch.zeros(len(waves), int(lengths.max()))
+    for i, w in enumerate(waves):
+        batch[i, : len(w)] = w
+    frames = model(batch, lengths).lengths  # the encoder's frames
+    _, mfcc_frames = mfcc_features(batch, lengths, sample_rate=8000, hop_ms=10.0)
+    assert [len(a) for a in alignments] == frames.tolist() == mfcc_frames.tolist()
+    for labels, (_, text) in zip(alignments, utterances, strict=True):
+        # the sounding symbols in order (silence dropped, repeats merged) are the transcript
+        said = [x for x in labels.tolist() if x]
+        said = [x for i, x in enumerate(said) if i == 0 or x != said[i - 1]]
+        ids = [data.vocab.index(ch) + 1 for ch in text]
+        assert said == [x for i, x in enumerate(ids) if i == 0 or x != ids[i - 1]]
+        assert labels[0] == 0  # every utterance starts with silence (50-250 ms)
+
+
 def test_masked_frames_enter_the_encoder_as_the_mask_embedding():
     torch.manual_seed(0)
     model = create_model("hubert", dim=16, num_layers=1, num_heads=2, ff_dim=16).eval()
@@ -116,26 +181,36 @@ def test_masked_frames_enter_the_encoder_as_the_mask_embedding():
     assert not torch.isclose(x[:, :3], model.mask_embedding).all()  # the others: features
 
 
-@pytest.mark.slow
-def test_pretraining_runs_and_iteration_two_clusters_the_teachers_layer(make_cfg, tmp_path):
-    small = ["model=hubert", "data.train_size=48", "data.val_size=8", "data.test_size=8",
-             "data.batch_size=16", "model.kmeans_utterances=48", "model.net.dim=32",
-             "model.net.num_layers=2", "model.net.num_heads=2", "model.net.ff_dim=32",
-             "model.net.num_clusters=8", "trainer.max_epochs=2", "test=true"]
-    metrics = main(make_cfg(*small))
-    assert {"test/masked_acc", "test/masked_ce"} <= metrics.keys()
-    last = tmp_path / "checkpoints" / "last.ckpt"
-    state = torch.load(last, weights_only=True)["state_dict"]
-    assert state["target_kmeans.fitted"] and state["target_kmeans.cluster_centers"].shape == (8, 39)
+SMALL = ["model=hubert", "data.train_size=48", "data.val_size=8", "data.test_size=8",
+         "data.batch_size=16", "model.kmeans_utterances=48", "model.net.dim=32",
+         "model.net.num_layers=2", "model.net.num_heads=2", "model.net.ff_dim=32",
+         "model.net.num_clusters=8", "test=true"]
 
-    teacher = tmp_path / "teacher.ckpt"
-    last.rename(teacher)
-    cfg = make_cfg(*small, "model.iteration=2", f"model.teacher={teacher}",
-                   "model.teacher_layer=1")
-    metrics = main(cfg)
+
+@pytest.mark.slow
+def test_whole_recipe_switches_to_iteration_two_and_reports_both_targets(make_cfg, tmp_path):
+    metrics = main(make_cfg(*SMALL, "model.iteration_epochs=1", "trainer.max_epochs=2"))
+    assert {"test/masked_acc", "test/masked_ce"} <= metrics.keys()
+    assert metrics["test/iteration"] == 2  # the best checkpoint is iteration 2's
+    for it in (1, 2):
+        assert 0 < metrics[f"test/pnmi_iteration{it}"] < 1
+        assert 0 < metrics[f"test/phone_purity_iteration{it}"] <= 1
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    assert state["target_kmeans.cluster_centers"].shape == (8, 32)  # the teacher's width
-    assert metrics["test/masked_ce"] > 0
+    assert state["kmeans.0.cluster_centers"].shape == (8, 39)  # MFCC + deltas
+    assert state["kmeans.1.fitted"] and state["kmeans.1.cluster_centers"].shape == (8, 32)
+    # the teacher is the network as iteration 1 left it; the network was trained afresh
+    assert not torch.equal(state["teacher.final_proj.weight"], state["net.final_proj.weight"])
+
+    # one step of the recipe: iteration 2 from that run's checkpoint, clustering layer 1
+    teacher = tmp_path / "teacher.ckpt"
+    (tmp_path / "checkpoints" / "last.ckpt").rename(teacher)
+    metrics = main(make_cfg(*SMALL, "model.iteration=2", f"model.teacher={teacher}",
+                            "model.teacher_layer=1", "trainer.max_epochs=1"))
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert state["kmeans.1.cluster_centers"].shape == (8, 32)  # the teacher's width
+    assert metrics["test/masked_ce"] > 0 and metrics["test/iteration"] == 2
+    # the teacher's MFCC targets came along: the same iteration-1 figures as its own run
+    assert "test/pnmi_iteration1" in metrics
     with pytest.raises(UsageError, match="model.teacher=nosuch.ckpt: no such checkpoint file"):
         LitHuBERT(net=create_model("hubert"), iteration=2, teacher="nosuch.ckpt")
     with pytest.raises(UsageError, match="set model.teacher="):

@@ -34,6 +34,7 @@ MODEL_FOR_DATA = {
     "audio_folder": "ctc", "parity": "pondernet", "seq2seq_numbers": "transformer",
     "text": "gpt",
     "toy2d": "cnf", "irregular_series": "latent_ode", "spoken_symbols_1k": "hubert",
+    "spoken_symbols_100": "hubert_ctc",
 }
 
 

@@ -157,7 +157,11 @@ SMALLER = {
     "rnn_seq2seq": ["data.train_size=512", "data.val_size=64", "data.test_size=64"],
     "hubert": ["data.train_size=64", "data.val_size=16", "data.test_size=16",
                "model.kmeans_utterances=16", "model.kmeans_iter=5", "model.net.dim=32",
-               "model.net.num_layers=1", "model.net.num_heads=2", "model.net.ff_dim=32"],
+               "model.net.num_layers=1", "model.net.num_heads=2", "model.net.ff_dim=32",
+               "model.iteration_epochs=1", "model.teacher_layer=1"],  # epoch 2: iteration 2
+    "hubert_ctc": ["data.train_size=64", "data.val_size=16", "data.test_size=16",
+                   "model.net.dim=32", "model.net.num_layers=1", "model.net.num_heads=2",
+                   "model.net.ff_dim=32"],
 }
 
 

@@ -134,6 +134,8 @@ WRONG_SIZES: dict[str, list[tuple[str, Callable, str]]] = {
     "hubert": [("lengths batch", lambda m: [m.example_input(2)[0], torch.tensor([4000])],
                 "lengths must be an integer tensor of shape (2,)"),
                ("stereo", lambda m: [torch.zeros(2, 2, 4000)], "(B, N)")],
+    "hubert_ctc": [("lengths batch", lambda m: [m.example_input(2)[0], torch.tensor([4000])],
+                    "lengths must be an integer tensor of shape (2,)")],
 }
 
 SIZE_CASES = [(name, i) for name, cases in WRONG_SIZES.items() for i in range(len(cases))]

@@ -156,7 +156,7 @@ DRAW: dict[str, Callable] = {
     "odenet": _image_model(), "cnf": _draw_points, "latent_ode": _draw_series,
     "rnn_seq2seq": _draw_transformer, "act": _draw_pondernet,
     "gmm": _image_model(), "kmeans": _image_model(), "ddpm": _draw_ddpm,
-    "hubert": _draw_ctc,
+    "hubert": _draw_ctc, "hubert_ctc": _draw_ctc,
 }
 
 
@@ -188,7 +188,7 @@ def _expected_shapes(name: str, model, args) -> dict[int, tuple[int, ...]]:
         return {0: (b, model.num_clusters), 1: (b,)}
     if name == "gpt":
         return {-1: (b, x.shape[1], model.vocab_size)}
-    if name in ("ctc", "conformer_ctc"):
+    if name in ("ctc", "conformer_ctc", "hubert_ctc"):
         t = int(model.output_lengths(args[1]).max())
         return {0: (b, t, model.num_classes), 1: (b,)}
     if name == "hubert":
@@ -199,7 +199,7 @@ def _expected_shapes(name: str, model, args) -> dict[int, tuple[int, ...]]:
 
 def _alone(name: str, args: list, i: int) -> list:
     """The arguments of example ``i`` of the batch on its own."""
-    if name in ("ctc", "conformer_ctc", "hubert"):
+    if name in ("ctc", "conformer_ctc", "hubert", "hubert_ctc"):
         n = int(args[1][i])
         return [args[0][i : i + 1, :n], args[1][i : i + 1]]
     return [a[i : i + 1] for a in args]
@@ -216,7 +216,7 @@ def _example_outputs(name: str, out, i: int, alone: bool) -> list[torch.Tensor]:
         return [out.mu[j], out.logvar[j]]
     if name == "act":
         return [out.y_hat[j], out.ponder_cost[j], out.halting_probs[:, j], out.state[j]]
-    if name in ("ctc", "conformer_ctc"):
+    if name in ("ctc", "conformer_ctc", "hubert_ctc"):
         frames = int(out.lengths[j])
         return [out.log_probs[j, :frames], out.lengths[j]]
     if name == "hubert":

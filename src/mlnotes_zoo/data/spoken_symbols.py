@@ -11,6 +11,11 @@ background noise is added at 8-30 dB SNR. Frame counts therefore say nothing abo
 labels: a model has to learn the alignment. Train, validation and test are disjoint in
 symbol sequences (each sequence belongs to one split by a hash), and the test split
 depends only on ``seed`` and ``test_size``.
+
+The generator knows which symbol sounds when: :meth:`SpokenSymbolsDataModule.frame_alignments`
+gives every utterance's symbol per frame at any frame rate (the symbol whose syllable is
+loudest in the frame, 0 where none sounds), the reference labels of HuBERT's phone-normalised
+mutual information and purity (there, "phones" are the symbols).
 """
 
 from __future__ import annotations
@@ -21,11 +26,16 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from mlnotes_zoo.constraints import PositiveInt, Seed
 from mlnotes_zoo.data.speech import SpeechDataModule, Utterance
 
-__all__ = ["SpokenSymbolsDataModule", "symbol_sounds", "render_utterance"]
+__all__ = ["SpokenSymbolsDataModule", "symbol_sounds", "render_utterance", "render_aligned",
+           "frame_labels", "ALIGNMENT_BLOCK"]
+
+# the alignment's resolution: one label per block of this many samples (1 ms at 8 kHz)
+ALIGNMENT_BLOCK = 8
 
 # Vowel formants F1, F2, F3 (Hz) of an adult voice (Peterson & Barney 1952, rounded).
 VOWELS = {
@@ -100,11 +110,20 @@ def _voiced(rng: np.random.Generator, n: int, sr: int, f0: np.ndarray, formants:
 def render_utterance(symbols: list[int], sounds: list[tuple[str, str, str]],
                      rng: np.random.Generator, sample_rate: int) -> np.ndarray:
     """Waveform (float32, peak ≤ 1) saying ``symbols`` (indices into ``sounds``)."""
+    return render_aligned(symbols, sounds, rng, sample_rate)[0]
+
+
+def render_aligned(symbols: list[int], sounds: list[tuple[str, str, str]],
+                   rng: np.random.Generator, sample_rate: int,
+                   block: int = ALIGNMENT_BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`render_utterance`'s waveform (N,) and its alignment (⌈N / block⌉,) int8: for
+    each block of ``block`` samples, 1 + the index in ``symbols``' alphabet of the symbol
+    whose syllable has the most energy there (syllables overlap), 0 where none sounds."""
     sr = sample_rate
     pitch = rng.uniform(95, 230)  # speaker's mean f0 (Hz)
     tract = rng.uniform(0.88, 1.15)  # vocal-tract length: scales every formant
     rate = rng.uniform(0.75, 1.35)  # speaking rate
-    pieces: list[tuple[int, np.ndarray]] = []  # (start sample, signal)
+    pieces: list[tuple[int, np.ndarray, int]] = []  # (start sample, signal, symbol)
     cursor = int(rng.uniform(0.05, 0.25) * sr)
     previous_end = None
     for index in symbols:
@@ -136,14 +155,20 @@ def render_utterance(symbols: list[int], sounds: list[tuple[str, str, str]],
         voiced *= _raised_cosine_envelope(duration, int(0.02 * sr), int(0.04 * sr))
         signal_parts.append(voiced * rng.uniform(0.6, 1.0))
         syllable = np.concatenate(signal_parts)
-        pieces.append((cursor, syllable))
+        pieces.append((cursor, syllable, index))
         overlap = rng.uniform(0.0, 0.25) * duration
         gap = rng.uniform(0.0, 0.06) * sr if rng.random() < 0.3 else 0.0
         cursor += int(len(syllable) - overlap + gap)
     total = cursor + int(rng.uniform(0.05, 0.25) * sr)
     wave = np.zeros(total)
-    for start, signal in pieces:
+    blocks = -(-total // block)
+    energy = np.zeros((len(pieces), blocks * block))  # each syllable's own energy per sample
+    for p, (start, signal, _) in enumerate(pieces):
         wave[start : start + len(signal)] += signal[: total - start]
+        energy[p, start : start + len(signal)] = signal[: total - start] ** 2
+    energy = energy.reshape(len(pieces), blocks, block).sum(-1)  # (pieces, blocks)
+    loudest = np.array([index + 1 for _, _, index in pieces])[energy.argmax(0)]
+    alignment = np.where(energy.max(0) > 0, loudest, 0).astype(np.int8)
     speech_rms = np.sqrt(np.mean(wave**2) + 1e-12)
     snr_db = rng.uniform(8, 30)
     noise = rng.standard_normal(total)
@@ -153,7 +178,29 @@ def render_utterance(symbols: list[int], sounds: list[tuple[str, str, str]],
     noise *= speech_rms / (np.sqrt(np.mean(noise**2)) + 1e-12) * 10 ** (-snr_db / 20)
     wave = wave + noise
     wave *= rng.uniform(0.3, 0.9) / (np.abs(wave).max() + 1e-9)
-    return wave.astype(np.float32)
+    return wave.astype(np.float32), alignment
+
+
+def frame_labels(alignment: np.ndarray | torch.Tensor, num_samples: int, frame_samples: int,
+                 block: int = ALIGNMENT_BLOCK) -> torch.Tensor:
+    """Per-frame labels (1 + ⌊num_samples / frame_samples⌋,) long from a block alignment:
+    frame t is the window of ``frame_samples`` samples centred on sample t·frame_samples (the
+    centred frames of the log-mel and MFCC front ends, so one label per encoder frame), and
+    its label the most frequent block label in it (ties: the smaller label)."""
+    if frame_samples % block:
+        raise ValueError(f"frame_samples={frame_samples} must be a multiple of the alignment's "
+                         f"{block}-sample blocks")
+    per_frame = frame_samples // block
+    frames = 1 + num_samples // frame_samples
+    labels = torch.as_tensor(alignment, dtype=torch.long)
+    # window of frame t: blocks [t·per_frame − per_frame/2, t·per_frame + per_frame/2)
+    half = per_frame // 2
+    padded = torch.full((frames * per_frame,), -1, dtype=torch.long)
+    kept = labels[: frames * per_frame - half]
+    padded[half : half + len(kept)] = kept
+    windows = padded.view(frames, per_frame)  # (T, blocks per frame), -1 = outside the audio
+    counts = F.one_hot(windows + 1, int(labels.max().clamp(min=0)) + 2)[..., 1:].sum(1)
+    return counts.argmax(-1)  # first maximum = the smaller label
 
 
 def _split_of(sequence: str, salt: int) -> str:
@@ -194,6 +241,7 @@ class SpokenSymbolsDataModule(SpeechDataModule):
         self.min_symbols, self.max_symbols = min_symbols, max_symbols
         self.seed = seed
         self.sounds = symbol_sounds(len(vocab))
+        self.alignments: dict[str, list[np.ndarray]] = {}
 
     def sequences(self, split: str, count: int) -> list[str]:
         """``count`` symbol strings that hash to ``split`` (seeded per split)."""
@@ -207,10 +255,21 @@ class SpokenSymbolsDataModule(SpeechDataModule):
         return out
 
     def load_split(self, split: str) -> list[Utterance]:
-        utterances = []
+        utterances, alignments = [], []
         for i, text in enumerate(self.sequences(split, self.sizes[split])):
             rng = np.random.default_rng([self.seed, SPLITS.index(split), i, 1])
             symbols = [self.vocab.index(ch) for ch in text]
-            wave = render_utterance(symbols, self.sounds, rng, self.sample_rate)
+            wave, alignment = render_aligned(symbols, self.sounds, rng, self.sample_rate)
             utterances.append(Utterance(torch.from_numpy(wave), text))
+            alignments.append(alignment)
+        self.alignments[split] = alignments
         return utterances
+
+    def frame_alignments(self, split: str, frame_samples: int) -> list[torch.Tensor]:
+        """Symbol per frame of every utterance of ``split`` in its stored order
+        (:meth:`reference_data`'s): 1 + the symbol's index in ``vocab``, 0 for silence, one
+        label per centred frame of ``frame_samples`` samples (:func:`frame_labels`)."""
+        dataset = self.reference_data(split)
+        return [frame_labels(alignment, len(audio), frame_samples)
+                for (audio, _), alignment in zip(dataset.utterances, self.alignments[split],
+                                                 strict=True)]

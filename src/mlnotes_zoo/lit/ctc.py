@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -11,6 +12,7 @@ from torch import Tensor, nn
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
 from mlnotes_zoo.constraints import PositiveInt
+from mlnotes_zoo.errors import UsageError
 from mlnotes_zoo.lit.base import OptimizerFactory, SchedulerFactory, ZooModule
 from mlnotes_zoo.models.ctc import (
     CTCSpeechModel,
@@ -19,6 +21,7 @@ from mlnotes_zoo.models.ctc import (
     ids_to_text,
     prefix_beam_search,
 )
+from mlnotes_zoo.weights import load_checkpoint
 
 
 class LitCTC(ZooModule):
@@ -33,6 +36,9 @@ class LitCTC(ZooModule):
         net: the network (or its registry spec when loaded from a checkpoint).
         test_decoder: ``"greedy"`` or ``"beam"``.
         beam_width: prefix beam search width.
+        encoder_init: path of a ``model=hubert`` checkpoint whose pretrained encoder the
+            network (``hubert_ctc``) starts from when fitting begins (not when resuming: the
+            run's checkpoint then has the weights).
         optimizer, scheduler, activation_checkpointing: see
             :class:`~mlnotes_zoo.lit.base.ZooModule`.
     """
@@ -45,6 +51,7 @@ class LitCTC(ZooModule):
         net: nn.Module | Mapping[str, Any],
         test_decoder: Literal["greedy", "beam"] = "beam",
         beam_width: PositiveInt = 8,
+        encoder_init: str | None = None,
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
         **base_kwargs: Any,
@@ -52,8 +59,24 @@ class LitCTC(ZooModule):
         super().__init__(net=net, optimizer=optimizer, scheduler=scheduler, **base_kwargs)
         self.test_decoder = test_decoder
         self.beam_width = beam_width
+        self.encoder_init = encoder_init
+        if encoder_init is not None and not hasattr(self.net, "load_encoder"):
+            raise UsageError(f"model.encoder_init: {type(self.net).__name__} takes no pretrained "
+                             "encoder; use model=hubert_ctc")
         self.cer = nn.ModuleDict({"val": CharErrorRate(), "test": CharErrorRate()})
         self.wer = nn.ModuleDict({"val": WordErrorRate(), "test": WordErrorRate()})
+
+    def setup(self, stage: str) -> None:
+        # before a resumed run's checkpoint is restored, which then overrides these weights
+        if stage == "fit" and self.encoder_init is not None:
+            if not Path(self.encoder_init).is_file():
+                raise UsageError(f"model.encoder_init={self.encoder_init}: no such checkpoint "
+                                 "file")
+            pretrained = load_checkpoint(self.encoder_init)
+            try:
+                self.net.load_encoder(pretrained)
+            except (ValueError, AttributeError) as err:
+                raise UsageError(f"model.encoder_init={self.encoder_init}: {err}") from None
 
     def decode(self, log_probs: Tensor, lengths: Tensor, stage: str) -> list[str]:
         if stage == "test" and self.test_decoder == "beam":

@@ -75,10 +75,9 @@ class LitSimCLR(ZooModule):
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
         activation_checkpointing: bool = False,
-        compile: bool = False,
     ) -> None:
         super().__init__(net=net, optimizer=optimizer, scheduler=scheduler,
-                         activation_checkpointing=activation_checkpointing, compile=compile)
+                         activation_checkpointing=activation_checkpointing)
         self.loss_name = loss
         self.temperature = temperature
         self.augment = ContrastiveAugment(**dict(augment or {}))

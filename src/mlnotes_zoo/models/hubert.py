@@ -11,9 +11,12 @@ model's own features. Here:
     loss = CE over the masked frames (+ ``unmasked_weight`` × CE over the others)
 
 The front end and subsampling are the CTC family's (``models/ctc``), so an encoder
-pretrained here has the frame rate of ``model=ctc``. :func:`mfcc_features` gives the
-iteration-1 k-means features (13 MFCCs + Δ + ΔΔ, torchaudio) at exactly the encoder's frame
-rate: one target per encoder frame, for every length (tested).
+pretrained here has the frame rate of ``model=ctc``. ``hubert_ctc`` (:class:`HuBERTCTC`) is
+the same encoder under a CTC head, the downstream model: fine-tuned from a pretrained
+encoder (``model=hubert_ctc model.encoder_init=<hubert ckpt>``) or trained from scratch.
+:func:`mfcc_features` gives the iteration-1 k-means features (13 MFCCs + Δ + ΔΔ,
+torchaudio) at exactly the encoder's frame rate: one target per encoder frame, for every
+length (tested); :func:`target_quality` measures targets against reference labels (PNMI).
 """
 
 from __future__ import annotations
@@ -25,13 +28,26 @@ import torch.nn.functional as F
 import torchaudio
 from torch import Tensor, nn
 
-from mlnotes_zoo.constraints import Fraction, PositiveFloat, PositiveInt, UnitInterval
-from mlnotes_zoo.models.ctc.model import ConvSubsampling, LogMelFrontend, length_mask
+from mlnotes_zoo.constraints import (
+    Fraction,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    UnitInterval,
+)
+from mlnotes_zoo.models.ctc.model import (
+    DEFAULT_VOCAB,
+    ConvSubsampling,
+    CTCSpeechModel,
+    LogMelFrontend,
+    length_mask,
+)
 from mlnotes_zoo.models.shared import check_tensor
 from mlnotes_zoo.registry import register_model
 
 OBJECTIVE = ["span_mask", "cosine_logits", "masked_prediction_loss"]
-__all__ = ["HuBERT", "HuBERTOutput", "mfcc_features", *OBJECTIVE]
+__all__ = ["HuBERT", "HuBERTCTC", "HuBERTOutput", "context_network", "encode_context",
+           "mfcc_features", "target_quality", *OBJECTIVE]
 
 
 def span_mask(lengths: Tensor, max_len: int, *, mask_prob: float, span: int,
@@ -75,6 +91,32 @@ def masked_prediction_loss(logits: Tensor, targets: Tensor, mask: Tensor, valid:
             "unmasked_acc": correct[unmasked].mean() if unmasked.any() else zero}
 
 
+def target_quality(labels: Tensor, clusters: Tensor) -> dict[str, Tensor]:
+    """How well cluster targets (N,) match reference labels (N,) ("phones"; here the symbol
+    sounding in each frame), as in HuBERT's Sec. IV-C, from the joint distribution p(y, z)
+    of the frames' label y and cluster z:
+
+    - PNMI = I(y; z) / H(y), phone-normalised mutual information: the share of the label's
+      uncertainty a frame's cluster removes (1: the clusters determine the labels);
+    - phone purity = E_z[max_y p(y | z)]: accuracy of labelling each cluster by its
+      commonest label;
+    - cluster purity = E_y[max_z p(z | y)]: how concentrated each label is in one cluster.
+    """
+    labels, clusters = labels.long().flatten(), clusters.long().flatten()
+    num_labels, num_clusters = int(labels.max()) + 1, int(clusters.max()) + 1
+    joint = torch.bincount(labels * num_clusters + clusters, minlength=num_labels * num_clusters)
+    joint = joint.view(num_labels, num_clusters).double() / len(labels)  # p(y, z)
+    p_label, p_cluster = joint.sum(1), joint.sum(0)
+    nonzero = joint > 0
+    # I(y; z) = Σ p(y, z) log p(y, z) / (p(y) p(z)),  H(y) = −Σ p(y) log p(y)
+    ratio = joint / (p_label[:, None] * p_cluster[None, :])
+    mutual = (joint[nonzero] * ratio[nonzero].log()).sum()
+    entropy = -(p_label[p_label > 0] * p_label[p_label > 0].log()).sum()
+    return {"pnmi": mutual / entropy if entropy > 0 else torch.ones((), dtype=torch.float64),
+            "phone_purity": joint.max(0).values.sum(),  # Σ_z p(z) max_y p(y | z)
+            "cluster_purity": joint.max(1).values.sum()}  # Σ_y p(y) max_z p(z | y)
+
+
 def mfcc_features(waves: Tensor, lengths: Tensor, *, sample_rate: int, hop_ms: float,
                   num_mfcc: int = 13, subsampling: int = 4) -> tuple[Tensor, Tensor]:
     """MFCC + Δ + ΔΔ (torchaudio) per utterance, (B, T, 3·num_mfcc), and frames (B,), at the
@@ -97,6 +139,30 @@ def mfcc_features(waves: Tensor, lengths: Tensor, *, sample_rate: int, hop_ms: f
         feats = (feats - feats.mean(0)) / (feats.std(0, unbiased=False) + 1e-5)
         out[b, : len(feats)] = feats
     return out, frames
+
+
+def context_network(*, dim: int, num_layers: int, num_heads: int, ff_dim: int,
+                    dropout: float) -> tuple[nn.Conv1d, nn.ModuleList]:
+    """HuBERT's context network: a convolutional relative position embedding (wav2vec 2.0)
+    and pre-norm Transformer layers (:func:`encode_context` runs them)."""
+    pos_conv = nn.Conv1d(dim, dim, kernel_size=9, padding=4, groups=8)
+    layers = nn.ModuleList(
+        nn.TransformerEncoderLayer(dim, num_heads, ff_dim, dropout, batch_first=True,
+                                   norm_first=True, activation="gelu")
+        for _ in range(num_layers))
+    return pos_conv, layers
+
+
+def encode_context(x: Tensor, valid: Tensor, pos_conv: nn.Conv1d, layers: nn.ModuleList
+                   ) -> list[Tensor]:
+    """x (B, T, dim), valid (B, T) bool -> [input + position term, layer 1 output, ...]."""
+    x = x * valid[..., None].to(x.dtype)  # padding is 0 for the position convolution
+    x = x + F.gelu(pos_conv(x.transpose(1, 2))).transpose(1, 2)
+    hidden = [x]
+    for layer in layers:
+        x = layer(x, src_key_padding_mask=~valid)
+        hidden.append(x)
+    return hidden
 
 
 class HuBERTOutput(NamedTuple):
@@ -143,12 +209,8 @@ class HuBERT(nn.Module):
                                        hop_ms=hop_ms)
         self.subsample = ConvSubsampling(n_mels=n_mels, channels=conv_channels, dim=dim)
         self.mask_embedding = nn.Parameter(torch.empty(dim).uniform_())
-        # convolutional relative position embedding (wav2vec 2.0 / HuBERT), over valid frames
-        self.pos_conv = nn.Conv1d(dim, dim, kernel_size=9, padding=4, groups=8)
-        self.layers = nn.ModuleList(
-            nn.TransformerEncoderLayer(dim, num_heads, ff_dim, dropout, batch_first=True,
-                                       norm_first=True, activation="gelu")
-            for _ in range(num_layers))
+        self.pos_conv, self.layers = context_network(
+            dim=dim, num_layers=num_layers, num_heads=num_heads, ff_dim=ff_dim, dropout=dropout)
         self.norm = nn.LayerNorm(dim)
         self.final_proj = nn.Linear(dim, code_dim)
         self.codewords = nn.Parameter(torch.empty(num_clusters, code_dim).uniform_())
@@ -156,6 +218,11 @@ class HuBERT(nn.Module):
     def output_lengths(self, num_samples: Tensor) -> Tensor:
         """Encoder frames for waveforms of ``num_samples`` samples."""
         return self.subsample.output_lengths(self.frontend.output_lengths(num_samples))
+
+    @property
+    def frame_samples(self) -> int:
+        """Samples between encoder frames: frame t is centred on sample t·frame_samples."""
+        return 4 * self.frontend.hop_length
 
     def target_features(self, waves: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """Iteration-1 k-means features at this network's frame rate (:func:`mfcc_features`)."""
@@ -180,13 +247,9 @@ class HuBERT(nn.Module):
         check_tensor(mask, "mask", ("B", x.shape[1]), kind="any", sizes=sizes, where=where)
         # masked frames: the learned mask embedding instead of the features
         x = torch.where(mask[..., None], self.mask_embedding.to(x.dtype), x)
-        x = x * valid[..., None].to(x.dtype)  # padding is 0 for the position convolution
-        x = x + F.gelu(self.pos_conv(x.transpose(1, 2))).transpose(1, 2)
-        hidden = [x]
-        for layer in self.layers:
-            x = layer(x, src_key_padding_mask=~valid)
-            hidden.append(x)
-        logits = cosine_logits(self.final_proj(self.norm(x)), self.codewords, self.temperature)
+        hidden = encode_context(x, valid, self.pos_conv, self.layers)
+        logits = cosine_logits(self.final_proj(self.norm(hidden[-1])), self.codewords,
+                               self.temperature)
         return HuBERTOutput(logits, out_lengths, mask, hidden)
 
     @torch.no_grad()
@@ -204,3 +267,52 @@ class HuBERT(nn.Module):
         lengths = torch.linspace(n // 2, n, batch_size).long()
         waves = 0.1 * torch.randn(batch_size, n) * length_mask(lengths, n)
         return waves, lengths
+
+
+@register_model("hubert_ctc")
+class HuBERTCTC(CTCSpeechModel):
+    """HuBERT's encoder under a CTC head: log-mels → 4× conv subsampling → position
+    convolution → pre-norm Transformer → LayerNorm → blank + characters (HuBERT's
+    fine-tuning, Sec. IV-D, with SpecAugment on the features in place of masking frames).
+
+    :meth:`load_encoder` copies a pretrained :class:`HuBERT`'s front end, subsampling,
+    Transformer and final norm (everything but its mask embedding, projection and
+    codewords); the classifier starts from scratch. Arguments as :class:`HuBERT`'s and
+    ``model=ctc``'s.
+    """
+
+    repeated_blocks = (nn.TransformerEncoderLayer,)
+
+    def __init__(self, *, vocab: str = DEFAULT_VOCAB, sample_rate: PositiveInt = 8000,
+                 n_mels: PositiveInt = 40, win_ms: PositiveFloat = 25.0,
+                 hop_ms: PositiveFloat = 10.0, freq_mask: NonNegativeInt = 6,
+                 time_mask: NonNegativeInt = 4, n_freq_masks: NonNegativeInt = 2,
+                 n_time_masks: NonNegativeInt = 2, conv_channels: PositiveInt = 32,
+                 dim: PositiveInt = 128, num_layers: PositiveInt = 4, num_heads: PositiveInt = 4,
+                 ff_dim: PositiveInt = 256, dropout: UnitInterval = 0.1) -> None:
+        if dim % num_heads:
+            raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
+        super().__init__(vocab=vocab, sample_rate=sample_rate, n_mels=n_mels, win_ms=win_ms,
+                         hop_ms=hop_ms, freq_mask=freq_mask, time_mask=time_mask,
+                         n_freq_masks=n_freq_masks, n_time_masks=n_time_masks,
+                         conv_channels=conv_channels, dim=dim)
+        self.pos_conv, self.layers = context_network(
+            dim=dim, num_layers=num_layers, num_heads=num_heads, ff_dim=ff_dim, dropout=dropout)
+
+    def encode(self, x: Tensor, lengths: Tensor) -> Tensor:
+        valid = length_mask(lengths, x.shape[1])
+        return encode_context(x, valid, self.pos_conv, self.layers)[-1]
+
+    @torch.no_grad()
+    def load_encoder(self, pretrained: HuBERT) -> None:
+        """Copy ``pretrained``'s encoder (sizes must match; the error names what differs)."""
+        for name in ("frontend", "subsample", "pos_conv", "layers", "norm"):
+            mine, theirs = getattr(self, name), getattr(pretrained, name)
+            for key, value in theirs.state_dict().items():
+                own = mine.state_dict().get(key)
+                if own is None or own.shape != value.shape:
+                    raise ValueError(f"the pretrained encoder's {name}.{key} has shape "
+                                     f"{tuple(value.shape)}, this model's "
+                                     f"{None if own is None else tuple(own.shape)}: build "
+                                     "hubert_ctc with the hubert checkpoint's sizes")
+            mine.load_state_dict(theirs.state_dict())

@@ -66,16 +66,17 @@ def gaussian_log_prob(x: Tensor, means: Tensor, precisions_cholesky: Tensor) -> 
     if precisions_cholesky.dim() == 2:  # diagonal
         log_det = precisions_cholesky.log().sum(-1)  # log |P_k| = −½ log |Σ_k|, (K,)
         precisions = precisions_cholesky.pow(2)  # 1/σ²
-        # ‖y‖² = Σ_d (x_d − μ_kd)²/σ²_kd = Σ μ²/σ² − 2 x·(μ/σ²) + x²·(1/σ²): matmuls only
-        sq = ((means.pow(2) * precisions).sum(-1) - 2 * x @ (means * precisions).T
-              + x.pow(2) @ precisions.T)  # (N, K)
+        # ‖y‖² = Σ_d (x_d − μ_kd)²/σ²_kd = Σ μ²/σ² − 2 x·(μ/σ²) + x²·(1/σ²): matmuls only,
+        # laid out (K, N) (faster on CPU for few components), returned as an (N, K) view
+        sq = torch.addmm((means.pow(2) * precisions).sum(-1)[:, None], means * precisions, x.T,
+                         alpha=-2).addmm_(precisions, x.pow(2).T).T
     else:
         log_det = torch.diagonal(precisions_cholesky, dim1=-2, dim2=-1).log().sum(-1)
-        # y_nk = (x_n − μ_k)ᵀ P_k = x_n P_k − μ_k P_k, all K at once: one (N, D)·(D, K·D) matmul
+        # y_nk = (x_n − μ_k)ᵀ P_k = x_n P_k − μ_k P_k, all K at once: one (N, D)·(D, K·D) addmm
         stacked = precisions_cholesky.permute(1, 0, 2).reshape(d, k * d)  # [P_1 … P_K]
-        y = (x @ stacked).reshape(n, k, d) - torch.einsum("kd,kde->ke", means,
-                                                          precisions_cholesky)
-        sq = y.pow(2).sum(-1)
+        shift = torch.einsum("kd,kde->ke", means, precisions_cholesky).reshape(k * d)
+        y = torch.addmm(shift, x, stacked, alpha=1, beta=-1)  # (N, K·D)
+        sq = y.mul_(y).view(n, k, d).sum(-1)  # in place: the (N, K·D) buffer is the largest
     # log N = −½ (D log 2π + ‖y‖²) + log |P|
     return -0.5 * (d * _LOG_2PI + sq) + log_det
 
@@ -205,13 +206,21 @@ class KMeans(nn.Module):
     @torch.no_grad()
     def statistics(self, x: Tensor) -> dict[str, Tensor]:
         """The E step's sums over the batch: N_k, Σ x_n (points of cluster k), inertia, N."""
-        z = self.projection(x, "KMeans.statistics")
-        d2 = squared_distances(z, self.cluster_centers)
-        labels = d2.argmin(1)
-        # responsibilities r_nk ∈ {0, 1}
-        one_hot = torch.nn.functional.one_hot(labels, self.num_clusters).to(z.dtype)
-        return {"n": one_hot.sum(0), "sx": one_hot.T @ z,
-                "inertia": d2.gather(1, labels[:, None]).sum(), "count": z.new_tensor(len(z))}
+        return self._lloyd_sums(self.projection(x, "KMeans.statistics"))[0]
+
+    def _lloyd_sums(self, z: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        """(:meth:`statistics` of projected points z (N, D), their nearest centres (N,))."""
+        centres = self.cluster_centers
+        # argmin_k ‖x − c_k‖² = argmin_k ‖c_k‖² − 2 c_k·x: one addmm, no ‖x‖² term; laid out
+        # (K, N), twice as fast as (N, K) on CPU for few centres (the long side is BLAS's n)
+        partial = torch.addmm(centres.pow(2).sum(1)[:, None], centres, z.T, alpha=-2)
+        nearest, labels = partial.min(0)
+        flat = z.reshape(-1)
+        # responsibilities r_nk ∈ {0, 1}: N_k by counting, Σ x_n by scattering the rows
+        return {"n": torch.bincount(labels, minlength=self.num_clusters).to(z.dtype),
+                "sx": z.new_zeros(centres.shape).index_add_(0, labels, z),
+                "inertia": nearest.sum() + flat.dot(flat),  # Σ_n ‖x_n‖² + min_k (…)
+                "count": z.new_tensor(len(z))}, labels
 
     @torch.no_grad()
     def m_step(self, stats: dict[str, Tensor]) -> None:
@@ -228,15 +237,16 @@ class KMeans(nn.Module):
         already fitted. Returns self; ``inertia_``, ``labels_`` and ``n_iter_`` as scikit-learn."""
         if not self.fitted:
             self.initialize(x, generator=generator)
-        labels = None
+        z = self.projection(x, "KMeans.fit")
+        stats, labels = self._lloyd_sums(z)
         for self.n_iter_ in range(1, max_iter + 1):
-            self.m_step(self.statistics(x))
-            new = self.predict(x)
-            if labels is not None and torch.equal(new, labels):
+            self.m_step(stats)
+            stats, new = self._lloyd_sums(z)  # the labels of the moved centres
+            if torch.equal(new, labels):
                 break
             labels = new
-        self.labels_ = self.predict(x)
-        self.inertia_ = float(-self.score(x))
+        self.labels_ = new
+        self.inertia_ = float(stats["inertia"])
         return self
 
     # -- using it -----------------------------------------------------------------------
@@ -348,14 +358,15 @@ class GaussianMixture(nn.Module):
         # full covariances, keeps Σ r (x − μ)(x − μ)ᵀ / N_k − d dᵀ free of the cancellation
         # of E[xxᵀ] − m mᵀ; diagonal ones are expanded into matmuls, as scikit-learn does.
         n = resp.sum(0)  # N_k (over the batch)
-        sx = resp.T @ z - n[:, None] * self.means  # Σ r (x − μ_k)
+        rz = resp.T @ z  # Σ r x
+        sx = rz - n[:, None] * self.means  # Σ r (x − μ_k)
         if self.covariance_type == "diag":
             # Σ r (x − μ)² = Σ r x² − 2 μ Σ r x + N μ²: the diagonal alone, by matmuls
-            sxx = (resp.T @ z.pow(2) - 2 * self.means * (resp.T @ z)
-                   + n[:, None] * self.means.pow(2))
+            sxx = resp.T @ z.pow(2) - 2 * self.means * rz + n[:, None] * self.means.pow(2)
         else:
-            diff = z[None] - self.means[:, None]  # (K, B, D)
-            sxx = (diff * resp.T[..., None]).transpose(1, 2) @ diff  # Σ r (x − μ)(x − μ)ᵀ
+            # Σ r (x − μ)(x − μ)ᵀ = Σ (√r (x − μ))(√r (x − μ))ᵀ: one (K, B, D) buffer, one bmm
+            weighted = (z[None] - self.means[:, None]).mul_(resp.T.sqrt()[..., None])
+            sxx = weighted.transpose(1, 2) @ weighted
         return {"n": n, "sx": sx, "sxx": sxx}
 
     @torch.no_grad()
