@@ -12,6 +12,7 @@ in-process; one test runs the command line.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -146,6 +147,7 @@ def _image(path: Path) -> tuple[int, int]:
         return image.size
 
 
+@functools.cache
 def family(name: str) -> str:
     """The LightningModule family of model=<name>, or the family it derives from that has
     a handler (ddpm_inpaint's LitDiffusionInpaint -> LitDiffusion)."""

@@ -578,11 +578,13 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def export(checkpoint: str | PathLike, out: str | PathLike) -> Path:
+def export(checkpoint: str | PathLike, out: str | PathLike, *,
+           metadata: Mapping[str, str] | None = None) -> Path:
     """Write the network of ``checkpoint`` (a ``.ckpt`` from ``train.py``) to ``out``, a
     ``.safetensors`` file with the registry spec as metadata; returns ``out``.
 
     ``create_model(name, weights=out)`` rebuilds it; the file holds no pickle at all.
+    ``metadata``: more string entries (``export.py`` adds the model card).
     """
     from safetensors.torch import save_file
 
@@ -590,7 +592,7 @@ def export(checkpoint: str | PathLike, out: str | PathLike) -> Path:
     # copies: safetensors refuses tensors that share storage (tied weights are stored twice)
     tensors = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     out = Path(out)
-    metadata = {SPEC_KEY: json.dumps(model.zoo_spec), "format": "pt",
+    metadata = {**(metadata or {}), SPEC_KEY: json.dumps(model.zoo_spec), "format": "pt",
                 "mlnotes_zoo.version": package_version()}
     with atomic_path(out) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)

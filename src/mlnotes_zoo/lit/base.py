@@ -62,6 +62,9 @@ class ZooModule(pl.LightningModule):
         scheduler: optional ``functools.partial`` of an LR scheduler taking the optimizer.
         activation_checkpointing: recompute the activations of the network's
             ``repeated_blocks`` in the backward pass instead of storing them.
+        compile: ``torch.compile`` the network's forward (``nn.Module.compile``: in place,
+            so checkpoints keep their keys); the README's "Compiling" table says for which
+            families it pays on a CPU (``scripts/bench.py --only compile``).
     """
 
     def __init__(
@@ -71,6 +74,7 @@ class ZooModule(pl.LightningModule):
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
         activation_checkpointing: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         # Keep the network's registry spec, never the module itself: a checkpoint then
@@ -81,6 +85,8 @@ class ZooModule(pl.LightningModule):
         self.activation_checkpointing = activation_checkpointing
         if activation_checkpointing:
             apply_activation_checkpointing(self.net)
+        if compile:
+            self.net.compile()  # the forward only; methods called directly stay eager
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         spec = getattr(self.net, "zoo_spec", None)

@@ -75,9 +75,10 @@ class LitSimCLR(ZooModule):
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
         activation_checkpointing: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__(net=net, optimizer=optimizer, scheduler=scheduler,
-                         activation_checkpointing=activation_checkpointing)
+                         activation_checkpointing=activation_checkpointing, compile=compile)
         self.loss_name = loss
         self.temperature = temperature
         self.augment = ContrastiveAugment(**dict(augment or {}))
