@@ -156,6 +156,8 @@ DRAW: dict[str, Callable] = {
     "odenet": _image_model(), "cnf": _draw_points, "latent_ode": _draw_series,
     "rnn_seq2seq": _draw_transformer, "act": _draw_pondernet,
     "gmm": _image_model(), "kmeans": _image_model(), "ddpm": _draw_ddpm,
+    "ddpm_inpaint": _draw_ddpm,
+    "dae": _image_model(),
     "hubert": _draw_ctc, "hubert_ctc": _draw_ctc,
 }
 
@@ -172,7 +174,9 @@ def _expected_shapes(name: str, model, args) -> dict[int, tuple[int, ...]]:
         return {0: (b, model.latent_dim), 1: (b,)}
     if name in ("dcgan", "wgan_gp"):
         return {0: (b, *model.in_shape), 1: (b,)}
-    if name == "ddpm":
+    if name in ("ddpm", "ddpm_inpaint"):
+        return {0: (b, *model.in_shape)}
+    if name == "dae":
         return {0: (b, *model.in_shape)}
     if name in ("simclr", "supcon"):
         return {1: (b, model.feature_dim)}
@@ -659,6 +663,35 @@ def test_diffusion_objective_round_trips_and_posterior_bounds(b, steps, seed):
         grid, x0.flatten()[None], eps.flatten().exp()[None], levels=levels)
     assert (log_p <= 1e-12).all()
     _close(log_p.exp().sum(0), torch.ones(x0.numel(), dtype=torch.float64))
+
+
+@covers("gaussian_corruption", "box_masks", "half_masks", "denoising_loss")
+@SOME
+@given(b=batch_sizes, h=st.integers(1, 9), w=st.integers(1, 9), low=st.floats(0.01, 1),
+       high=st.floats(0.01, 1), seed=seeds)
+def test_dae_corruptions_hide_what_they_say_and_the_loss_is_an_mse(b, h, w, low, high, seed):
+    low, high = min(low, high), max(low, high)
+    g = torch.Generator().manual_seed(seed)
+    boxes = losses.box_masks(b, (h, w), min_fraction=low, max_fraction=high, generator=g)
+    assert boxes.shape == (b, 1, h, w) and ((boxes == 0) | (boxes == 1)).all()
+    hidden = (1 - boxes[:, 0]).sum((1, 2))
+    slack = max(h, w) / 2  # whole sides
+    assert (hidden >= 1).all()  # a box hides at least one pixel
+    assert (hidden >= low * h * w - slack).all()
+    assert (hidden <= max(high * h * w + slack, 1)).all()
+    halves = losses.half_masks(b, (h, w), generator=g)
+    hidden = (1 - halves[:, 0]).sum((1, 2))
+    assert ((hidden == (h // 2) * w) | (hidden == h * (w // 2))).all()
+    x = _randn(seed, b, 1, h, w)
+    sigma = torch.rand(b, generator=g, dtype=torch.float64)
+    noisy = losses.gaussian_corruption(x, sigma, generator=g)
+    assert noisy.shape == x.shape
+    zero = sigma == 0
+    assert (noisy[zero] == x[zero]).all()
+    _close(losses.gaussian_corruption(x, 0.0), x)
+    loss = losses.denoising_loss(noisy, x)
+    assert loss >= 0
+    _close(loss, ((noisy - x) ** 2).mean())
 
 
 @covers("gaussian_log_prob", "squared_distances", "cluster_purity")
