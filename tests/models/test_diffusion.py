@@ -298,6 +298,136 @@ def test_variational_bound_terms_sum_and_an_exact_denoiser_is_tight():
     assert (terms["total"] > exact["total"]).all()
 
 
+# -- the bound on data from a known Gaussian ------------------------------------------------
+# x_0 = N(m, s²) rounded onto the bound's grid (256 levels in [−1, 1], the outer bins reaching
+# to ±∞: the discretized decoder's convention), so its exact NLL is −log₂ P(x_0) per dimension
+# in closed form. E over the data of any model's bound ≥ the cross-entropy ≥ the entropy, and
+# a denoiser that knows the data makes the bound tight as the steps get finer.
+GAUSS = dict(mean=0.1, std=0.25, levels=256)
+
+
+def _discretised_gaussian(levels: int = GAUSS["levels"]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The grid g_k and P(x_0 = g_k) = Φ(upper edge) − Φ(lower edge) of N(mean, std²)."""
+    grid = torch.linspace(-1, 1, levels, dtype=torch.float64)
+    edges = torch.cat([torch.tensor([-math.inf]), (grid[1:] + grid[:-1]) / 2,
+                       torch.tensor([math.inf])]).double()
+    cdf = torch.special.ndtr((edges - GAUSS["mean"]) / GAUSS["std"])
+    return grid, cdf[1:] - cdf[:-1]
+
+
+class _LinearDenoiser(DDPM):
+    """x̂_0 = E[x_0 | x_t] for x_0 ~ N(m, s²): m + √ᾱ s²/(ᾱ s² + 1 − ᾱ)·(x_t − √ᾱ m), the
+    optimal (linear) denoiser, its gain scaled by ``gain`` (1: optimal)."""
+
+    gain = 1.0
+
+    def predict(self, xt, t, y=None, *, guidance=1.0, clip=True):
+        m, s2 = GAUSS["mean"], GAUSS["std"] ** 2
+        a = self.alpha_bar[t].view(-1, 1, 1, 1)
+        x0 = m + self.gain * a.sqrt() * s2 / (a * s2 + 1 - a) * (xt.double() - a.sqrt() * m)
+        return (xt - a.sqrt() * x0) / (1 - a).sqrt(), x0
+
+
+def _expected_bound(net: DDPM, replicas: int, seed: int = 0,
+                    levels: int = GAUSS["levels"]) -> tuple[float, float, float, torch.Tensor]:
+    """(E_x0[bound] − H, its standard error, H, the bounds (replicas, levels)) in bits/dim:
+    every grid value ``replicas`` times (one x_t per step each), weighted by P(x_0); the
+    reported bits/dim path."""
+    grid, p = _discretised_gaussian(levels)
+    images = ((grid + 1) / 2).repeat(replicas).view(-1, 1, 1, 1)
+    terms = net.bound_bits_per_dim(images, levels=levels, chunk=len(images),
+                                   generator=torch.Generator().manual_seed(seed))
+    parts = terms["prior"] + terms["diffusion"] + terms["decoder"]
+    torch.testing.assert_close(terms["total"], parts, rtol=1e-12, atol=0)  # the terms add up
+    total = terms["total"].view(replicas, -1)
+    exact = float(-(p * p.log2()).sum())  # H = E[−log₂ P(x_0)], one dimension
+    se = float((p**2 * total.var(0) / replicas).sum().sqrt())
+    return float((p * total.mean(0)).sum()) - exact, se, exact, total
+
+
+def _gaussian_net(cls, timesteps: int, **kwargs) -> DDPM:
+    return cls(**{**dict(in_shape=(1, 1, 1), widths=[4], groups=2, heads=2,
+                         timesteps=timesteps, schedule="cosine"), **kwargs})
+
+
+def test_the_bound_on_gaussian_data_is_never_below_its_exact_nll_and_tightens_with_T():
+    gaps = {}
+    for steps in (10, 50, 1000):
+        net = _gaussian_net(_LinearDenoiser, steps)
+        gaps[steps], se, exact, _ = _expected_bound(net, replicas=256 if steps < 1000 else 128)
+        assert gaps[steps] > -4 * se, (steps, gaps[steps], se)
+        gaps[steps] = (gaps[steps], se)
+    assert exact == pytest.approx(7.04, abs=0.01)  # ≈ log₂(√(2πe)·s/Δ), Δ = 2/255
+    # finer steps: the Gaussian reverse steps become exact, the bound approaches H
+    (g10, s10), (g50, s50), (g1000, s1000) = gaps[10], gaps[50], gaps[1000]
+    assert g10 > g50 + 4 * math.hypot(s10, s50) and g50 > g1000 + 4 * math.hypot(s50, s1000)
+    assert g1000 < 0.05, gaps
+    for gain in (0.0, 0.5, 1.5):  # worse denoisers: the bound is higher, never below H
+        net = _gaussian_net(type("Off", (_LinearDenoiser,), {"gain": gain}), 50)
+        gap, se, *_ = _expected_bound(net, replicas=64)
+        assert gap > g50 + 4 * math.hypot(se, s50), (gain, gap, g50)
+
+
+def test_the_bound_on_gaussian_data_approaches_its_exact_nll_as_the_model_is_trained():
+    class PerStepLinear(DDPM):  # ε_θ(x_t, t) = a_t x_t + b_t: the optimum is in the family
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.a = torch.nn.Parameter(torch.zeros(self.timesteps))
+            self.b = torch.nn.Parameter(torch.zeros(self.timesteps))
+
+        def forward(self, x, t, y=None):
+            return self.a[t].view(-1, 1, 1, 1) * x + self.b[t].view(-1, 1, 1, 1)
+
+    torch.manual_seed(0)
+    steps = 50
+    net = _gaussian_net(PerStepLinear, steps)
+    optimum, se_opt, *_ = _expected_bound(_gaussian_net(_LinearDenoiser, steps), replicas=128)
+    grid, p = _discretised_gaussian()
+    opt = torch.optim.Adam(net.parameters(), lr=0.05)
+    gaps = []
+    for step in range(301):
+        if step % 100 == 0:
+            gaps.append(_expected_bound(net, replicas=64)[:2])
+        x0 = grid[torch.multinomial(p, 4096, replacement=True)].float().view(-1, 1, 1, 1)
+        loss = net.loss(x0)  # L_simple, the model's own training objective
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert all(gap > -4 * se for gap, se in gaps), gaps  # never below H
+    # from ~730 bits (ε̂ = 0) to the analytic optimum's gap (~0.09 at T = 50) — the same
+    # x_t draws at every evaluation, so the steps compare without their Monte-Carlo noise
+    (start, _), (early, _), _, (final, se) = gaps
+    assert start > 100 > early > final, gaps
+    assert final < optimum + 4 * math.hypot(se, se_opt), (gaps, optimum)
+
+
+def test_on_17_levels_a_first_step_of_half_a_level_tightens_the_bound():
+    """Why model=ddpm's β_1 is 5e-4 on the digits: with the exact denoiser of the 17-level
+    data (x̂_0 = E[x_0 | x_t], the posterior over the grid), β_1 = 1e-4 (√β_1 = 0.01, a sixth
+    of half a level) leaves steps whose reverse Gaussians of variance β_t cannot match the
+    posterior's β̃_t; √β_1 ≈ 0.02 hands most of them to the decoder, which integrates over
+    the level."""
+    grid, p = _discretised_gaussian(17)
+
+    class Exact(DDPM):
+        def predict(self, xt, t, y=None, *, guidance=1.0, clip=True):
+            a = self.alpha_bar[t].view(-1, 1, 1, 1)
+            x = xt.double()[..., None]
+            w = (p.log() - (x - a[..., None].sqrt() * grid) ** 2 / (2 * (1 - a[..., None])))
+            x0 = (w.softmax(-1) * grid).sum(-1)
+            return (xt - a.sqrt() * x0) / (1 - a).sqrt(), x0
+
+    totals = {}
+    for beta_start in (1e-4, 5e-4):
+        net = _gaussian_net(Exact, 1000, schedule="linear", beta_start=beta_start)
+        gap, se, _, totals[beta_start] = _expected_bound(net, replicas=256, levels=17)
+        assert gap > -4 * se, (beta_start, gap, se)  # never below H
+    # paired over the same noise draws: the difference of the two expected bounds
+    diff = totals[1e-4] - totals[5e-4]
+    gain, se = float((p * diff.mean(0)).sum()), float((p**2 * diff.var(0) / 256).sum().sqrt())
+    assert gain > 0.1 and gain > 4 * se and gap < 0.35, (gain, se, gap)  # ≈ 0.17, 0.24
+
+
 # -- inpainting ------------------------------------------------------------------------------
 def test_inpainting_keeps_the_visible_pixels_and_an_oracle_fills_in_the_truth():
     x0 = (torch.randint(0, 17, (3, 1, 8, 8)) / 16.0) * 2 - 1

@@ -4,7 +4,6 @@ classifier-free guidance, sample grids and denoising trajectories."""
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -245,23 +244,15 @@ class LitDiffusion(ClassifierJudged, ZooModule):
 
     def _bound(self, images: Tensor) -> dict[str, Tensor]:
         """The variational bound's terms in bits/dim, means over ``images`` in [0, 1]."""
-        dm = self.trainer.datamodule
-        levels = int(getattr(dm, "levels", 256))
+        levels = int(getattr(self.trainer.datamodule, "levels", 256))
         net = self.sampler
         was_training = net.training
         net.eval()
-        gen = torch.Generator().manual_seed(self.eval_seed + 2)
-        sums: dict[str, Tensor] = {}
-        for chunk in images.split(1000):
-            x0 = ((chunk * (levels - 1)).round() / (levels - 1) * 2 - 1).to(self.device)
-            terms = net.variational_bound(x0, levels=levels, variance=self.ancestral_variance,
-                                          generator=gen)
-            for key, value in terms.items():
-                sums[key] = sums.get(key, 0) + value.sum().cpu()
+        terms = net.bound_bits_per_dim(images, levels=levels, variance=self.ancestral_variance,
+                                       generator=torch.Generator().manual_seed(self.eval_seed + 2))
         net.train(was_training)
-        per_dim = len(images) * images[0].numel() * math.log(2)  # nats/image -> bits/dim
-        return {("test/bpd" if k == "total" else f"test/bpd_{k}"): (v / per_dim).float()
-                for k, v in sums.items()}
+        return {("test/bpd" if k == "total" else f"test/bpd_{k}"): v.mean().float()
+                for k, v in terms.items()}
 
     def _predict(self, images: Tensor) -> Tensor:
         classifier = self._evaluator()["classifier"]
