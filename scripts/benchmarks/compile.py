@@ -13,9 +13,9 @@ wall time by 2× between runs; CPU time moves little) and in wall seconds.
 Reported per model: the median step of the batches after ``WARMUP`` (compiled: after its
 compilations and recompilations), their ratio (compiled / eager: < 1 is faster), the first
 compiled steps (wall: the compile itself, paid once per run), and the break-even: how many
-steps the CPU gain per step needs to pay for the compile. A family whose LightningModule calls the network's
-methods rather than its forward (the GAN's generator/discriminator steps, the diffusion
-loss) gets nothing compiled, which the ratio shows.
+steps the CPU gain per step needs to pay for the compile. A family whose LightningModule
+calls the network's parts rather than its forward (the GANs' generator/discriminator steps,
+the mixtures' EM) gets nothing compiled, which the ratio shows.
 """
 
 from __future__ import annotations
