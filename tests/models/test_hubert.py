@@ -17,6 +17,7 @@ from torchaudio.models.wav2vec2.components import LogitGenerator
 from mlnotes_zoo import create_model
 from mlnotes_zoo.data.spoken_symbols import SpokenSymbolsDataModule, frame_labels
 from mlnotes_zoo.errors import UsageError
+from mlnotes_zoo.lit.ctc import LitCTC
 from mlnotes_zoo.lit.hubert import LitHuBERT
 from mlnotes_zoo.models.hubert import (
     cosine_logits,
@@ -166,6 +167,27 @@ def test_symbol_alignment_has_the_encoders_frame_rate_and_says_the_transcript():
         assert labels[0] == 0  # every utterance starts with silence (50-250 ms)
 
 
+def test_hubert_ctc_runs_the_pretrained_encoder_it_loads():
+    torch.manual_seed(0)
+    sizes = dict(dim=16, num_layers=2, num_heads=2, ff_dim=16)
+    pretrained = create_model("hubert", **sizes).eval()
+    model = create_model("hubert_ctc", **sizes).eval()
+    model.load_encoder(pretrained)
+    waves, lengths = pretrained.example_input(3)
+    # the same frames through the same layers: HuBERT's last hidden state, unmasked
+    hidden = pretrained(waves, lengths).hidden[-1]
+    feats, frames = model.features(waves, lengths)
+    x, out_lengths = model.subsample(feats, frames)
+    encoded = model.encode(x[:, : int(out_lengths.max())], out_lengths)
+    valid = out_lengths[:, None] > torch.arange(encoded.shape[1])
+    torch.testing.assert_close(encoded[valid], hidden[valid])
+    log_probs, _ = model(waves, lengths)
+    torch.testing.assert_close(log_probs, model.classifier(pretrained.norm(hidden)).log_softmax(-1))
+    with pytest.raises(ValueError, match="build hubert_ctc with the hubert checkpoint's sizes"):
+        create_model("hubert_ctc", dim=32, num_layers=2, num_heads=2, ff_dim=16
+                     ).load_encoder(pretrained)
+
+
 def test_masked_frames_enter_the_encoder_as_the_mask_embedding():
     torch.manual_seed(0)
     model = create_model("hubert", dim=16, num_layers=1, num_heads=2, ff_dim=16).eval()
@@ -184,7 +206,7 @@ def test_masked_frames_enter_the_encoder_as_the_mask_embedding():
 SMALL = ["model=hubert", "data.train_size=48", "data.val_size=8", "data.test_size=8",
          "data.batch_size=16", "model.kmeans_utterances=48", "model.net.dim=32",
          "model.net.num_layers=2", "model.net.num_heads=2", "model.net.ff_dim=32",
-         "model.net.num_clusters=8", "test=true"]
+         "model.net.num_clusters=8", "model.teacher_layer=2", "test=true"]
 
 
 @pytest.mark.slow
@@ -211,6 +233,18 @@ def test_whole_recipe_switches_to_iteration_two_and_reports_both_targets(make_cf
     assert metrics["test/masked_ce"] > 0 and metrics["test/iteration"] == 2
     # the teacher's MFCC targets came along: the same iteration-1 figures as its own run
     assert "test/pnmi_iteration1" in metrics
+
+    # fine-tuning starts from the pretrained encoder (lit/ctc.py encoder_init), only when fitting
+    sizes = dict(dim=32, num_layers=2, num_heads=2, ff_dim=32)
+    lit = LitCTC(net=create_model("hubert_ctc", **sizes), encoder_init=str(teacher))
+    lit.setup("fit")
+    state = torch.load(teacher, weights_only=True)["state_dict"]
+    for key, value in lit.net.layers.state_dict().items():
+        torch.testing.assert_close(value, state[f"net.layers.{key}"])
+    with pytest.raises(UsageError, match="build hubert_ctc with the hubert checkpoint's sizes"):
+        LitCTC(net=create_model("hubert_ctc"), encoder_init=str(teacher)).setup("fit")
+    with pytest.raises(UsageError, match="takes no pretrained encoder; use model=hubert_ctc"):
+        LitCTC(net=create_model("ctc"), encoder_init=str(teacher))
     with pytest.raises(UsageError, match="model.teacher=nosuch.ckpt: no such checkpoint file"):
         LitHuBERT(net=create_model("hubert"), iteration=2, teacher="nosuch.ckpt")
     with pytest.raises(UsageError, match="set model.teacher="):
