@@ -34,7 +34,8 @@ def test_wheel_ships_configs_and_console_script_trains_from_any_directory(tmp_pa
     assert script.is_file()
     assert (target / "bin" / "mlnotes-zoo-eval").is_file()
     assert (target / "bin" / "mlnotes-zoo-predict").is_file()
-    assert {"eval.yaml", "predict.yaml"} <= shipped
+    assert (target / "bin" / "mlnotes-zoo-export").is_file()
+    assert {"eval.yaml", "predict.yaml", "export.yaml"} <= shipped
     env = {**os.environ, "PYTHONPATH": str(target)}
     probe = subprocess.run(
         [sys.executable, "-c", "import mlnotes_zoo, mlnotes_zoo.config as c; "
