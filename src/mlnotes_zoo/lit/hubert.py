@@ -116,8 +116,10 @@ class LitHuBERT(ZooModule):
                                     if self.teacher is not None else [])
         self.kmeans = nn.ModuleList(KMeans(in_shape=(w,), num_clusters=num_clusters)
                                     for w in widths)
-        if teacher_kmeans:
-            self.kmeans[0].load_state_dict(teacher_kmeans)
+        own = self.kmeans[0].state_dict()
+        if teacher_kmeans.keys() == own.keys() and all(
+                v.shape == own[k].shape for k, v in teacher_kmeans.items()):
+            self.kmeans[0].load_state_dict(teacher_kmeans)  # else no iteration-1 figures
         # drawn from the global RNG when fitting starts: seeds the recipe's switch to iteration
         # 2, which then draws nothing from the global RNG (the epoch's batch order comes from
         # it, drawn at a different moment in a resumed run)
