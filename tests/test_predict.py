@@ -54,7 +54,7 @@ TINY = {
                     "model.net.decoder_layers=1"],
     "rnn_seq2seq": ["model.net.hidden=16", "model.net.embed_dim=8",
                     "model.net.attention_dim=16"],
-    "hubert": ["model.net.dim=32", "model.net.num_layers=2", "model.net.num_heads=2",
+    "hubert": ["model.net.dim=32", "model.net.num_heads=2",  # its layers: teacher_layer's
                "model.net.ff_dim=32"],
     "ctc": ["model.net.dim=32", "model.net.hidden=32", "model.net.num_layers=1"],
     "conformer_ctc": ["model.net.dim=32", "model.net.num_layers=1", "model.net.ffn_dim=32"],
