@@ -70,7 +70,8 @@ def test_every_model_config_exposes_the_scale_switches(make_cfg, model):
 
 def test_a_model_config_is_one_file_and_the_command_line_still_wins(run_cli):
     # configs/model/<name>.yaml is global: the LightningModule under `model:` and, where the
-    # model needs them, its epochs and the metric that picks its best checkpoint. It composes
+    # model needs them, its epochs, the metric that picks its best checkpoint and the CPU
+    # threads it trains fastest with. It composes
     # after the trainer and callbacks groups (train.yaml), so those keys win over
     # trainer/*.yaml and callbacks/*.yaml, and the command line wins over both.
     default = compose(["model=vae"])
@@ -79,8 +80,10 @@ def test_a_model_config_is_one_file_and_the_command_line_still_wins(run_cli):
         path = config_dir() / "model" / f"{model}.yaml"
         assert path.read_text().startswith("# @package _global_\n"), path
         own = OmegaConf.load(path)
-        assert set(own) <= {"defaults", "model", "trainer", "callbacks"}, (model, list(own))
-        assert set(own.get("trainer", {})) <= {"max_epochs"}, model
+        assert set(own) <= {"defaults", "model", "trainer", "callbacks", "runtime"}, (
+            model, list(own))
+        assert set(own.get("trainer", {})) <= {"max_epochs", "precision"}, model
+        assert set(own.get("runtime", {})) <= {"threads"}, model  # tests/test_runtime.py
         assert set(own.get("callbacks", {})) <= {"model_checkpoint"}, model
         assert set(OmegaConf.select(own, "callbacks.model_checkpoint", default={})) <= {
             "monitor", "mode"}, model
@@ -94,6 +97,11 @@ def test_a_model_config_is_one_file_and_the_command_line_still_wins(run_cli):
                 cfg.callbacks.model_checkpoint)
             assert compose([f"model={model}", "callbacks.model_checkpoint.monitor=val/loss"]
                            ).callbacks.model_checkpoint.monitor == "val/loss"
+        precision = OmegaConf.select(own, "trainer.precision")
+        if precision is not None:  # e.g. gpt's bf16-mixed: a trainer choice keeps it
+            assert compose([f"model={model}", "trainer=ddp"]).trainer.precision == precision
+            assert compose([f"model={model}", "trainer.precision=32-true"]
+                           ).trainer.precision == "32-true"
         epochs = OmegaConf.select(own, "trainer.max_epochs")
         if epochs is None:
             continue  # this model picks the checkpoint metric only (or extends one that does)

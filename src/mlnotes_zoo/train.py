@@ -42,8 +42,10 @@ def main(cfg: DictConfig) -> dict[str, float]:
         last_checkpoint,
         resume_checkpoint,
     )
+    from mlnotes_zoo.runtime import apply_runtime
     from mlnotes_zoo.scale.launch import resolve_trainer_kwargs
 
+    apply_runtime(cfg.get("runtime"))  # torch's threads, before anything is built
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)

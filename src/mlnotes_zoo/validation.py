@@ -192,6 +192,15 @@ def validate_config(cfg: DictConfig) -> None:
     for key, param in top.items():
         if key in cfg:
             _check_value(cfg, key, "", param)
+    runtime = cfg.get("runtime")
+    if isinstance(runtime, DictConfig):  # train.yaml's runtime: (mlnotes_zoo.runtime)
+        from mlnotes_zoo.runtime import runtime_settings
+
+        params = parameters(runtime_settings)[0]
+        for key in runtime.keys():
+            if str(key) not in params:
+                raise UsageError(unknown(f"runtime.{key}", list(params), "runtime"))
+            _check_value(runtime, str(key), "runtime", params[str(key)])
     for section in SECTIONS:
         node = cfg.get(section)
         if isinstance(node, DictConfig):
