@@ -142,6 +142,28 @@ def test_input_encoder_is_applied_once_before_the_steps():
     assert net.embed[0].weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("embed_dim", [0, 10])
+def test_first_step_flag_is_one_at_the_first_step_only(embed_dim):
+    net = _net(embed_dim=embed_dim, first_step_flag=True, max_steps=6)
+    width = embed_dim or 6
+    assert net.step.cell.input_size == width + 1
+    x = net.example_input(4)
+    y_hat, lambdas = net(x)
+    e = torch.relu(net.embed[0](x)) if embed_dim else x
+    h = torch.zeros(4, 8)
+    for n in range(net.max_steps):  # by hand: [e, 1] at step 1, [e, 0] after
+        flag = torch.full((4, 1), 1.0 if n == 0 else 0.0)
+        h, y_n, lam_n = net.step(torch.cat([e, flag], -1), h)
+        torch.testing.assert_close(y_hat[n], y_n)
+        torch.testing.assert_close(lambdas[n], lam_n)
+    # adaptive inference runs the same steps: threshold halting picks forward()'s prediction
+    p = halting_distribution(lambdas)
+    out = net.infer(x, halting="threshold", threshold=0.5)
+    expected = (p.cumsum(0) >= 0.5 - 1e-6).float().argmax(0) + 1
+    assert (out.halting_step == expected).all()
+    torch.testing.assert_close(out.y_hat, y_hat[expected - 1, torch.arange(4)])
+
+
 # -- the objective ------------------------------------------------------------------------
 def _lambdas(n_steps=7, batch=5, seed=0):
     g = torch.Generator().manual_seed(seed)

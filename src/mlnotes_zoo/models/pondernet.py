@@ -85,6 +85,9 @@ class PonderNet(nn.Module):
             once, and the GRU reads that instead of x (0: the paper's model, x straight
             into the GRU). On parity it shortens the initial plateau: |x_i|, which the
             count of non-zero entries needs, is one ReLU layer away but hard for the GRU.
+        first_step_flag: append to the step's input a bit that is 1 at step 1 and 0 after
+            (Graves' ACT flag, as :class:`~mlnotes_zoo.models.act.ACT` has it), so the first
+            step can read the input differently from the steps that iterate on it.
         step: pass your own step block to replace the GRU one; it must map
             (x (B, in_features), h (B, hidden)) to (h, ŷ (B, out_features), λ (B,)).
 
@@ -103,6 +106,7 @@ class PonderNet(nn.Module):
         out_features: PositiveInt = 1,
         max_steps: PositiveInt = 20,
         embed_dim: NonNegativeInt = 0,
+        first_step_flag: bool = False,
         step: nn.Module | None = None,
     ) -> None:
         super().__init__()
@@ -111,23 +115,33 @@ class PonderNet(nn.Module):
         self.out_features = out_features
         self.max_steps = max_steps
         self.embed_dim = embed_dim
+        self.first_step_flag = first_step_flag
         # Optional input encoder, applied once before the steps (not part of the step).
         self.embed = nn.Sequential(nn.Linear(in_features, embed_dim), nn.ReLU()) \
             if embed_dim > 0 else nn.Identity()
         self.step = step if step is not None else PonderGRUStep(
-            in_features=embed_dim or in_features, hidden=hidden, out_features=out_features)
+            in_features=(embed_dim or in_features) + int(first_step_flag), hidden=hidden,
+            out_features=out_features)
 
     def initial_state(self, x: Tensor) -> Tensor:
         return x.new_zeros(x.shape[0], self.hidden)  # h_0 = 0
+
+    def step_inputs(self, e: Tensor) -> tuple[Tensor, Tensor]:
+        """The step's input at step 1 and at steps 2..N: the encoded x, with the flag bit
+        (1 then 0) appended when ``first_step_flag``."""
+        if not self.first_step_flag:
+            return e, e
+        return torch.cat([e, e.new_ones(e.shape[0], 1)], -1), \
+            torch.cat([e, e.new_zeros(e.shape[0], 1)], -1)
 
     def forward(self, x: Tensor) -> PonderOutput:
         """All N steps: ŷ (N, B, out_features) and λ (N, B) for x (B, in_features)."""
         check_tensor(x, "x", ("B", self.in_features), where="PonderNet.forward")
         h = self.initial_state(x)
-        x = self.embed(x)
+        first, later = self.step_inputs(self.embed(x))
         y_hats, lambdas = [], []
-        for _ in range(self.max_steps):
-            h, y_hat, lam = self.step(x, h)
+        for n in range(self.max_steps):
+            h, y_hat, lam = self.step(first if n == 0 else later, h)
             y_hats.append(y_hat)
             lambdas.append(lam)
         return PonderOutput(torch.stack(y_hats), torch.stack(lambdas))
@@ -153,7 +167,7 @@ class PonderNet(nn.Module):
         check_tensor(x, "x", ("B", self.in_features), where="PonderNet.infer")
         batch = x.shape[0]
         h = self.initial_state(x)
-        x = self.embed(x)
+        first, later = self.step_inputs(self.embed(x))
         result = x.new_zeros(batch, self.out_features)
         halting_step = torch.zeros(batch, dtype=torch.long, device=x.device)
         not_halted_prob = x.new_ones(batch)  # ∏_{j<n} (1 − λ_j)
@@ -161,7 +175,7 @@ class PonderNet(nn.Module):
         running = torch.ones(batch, dtype=torch.bool, device=x.device)
         n = 0
         for n in range(1, self.max_steps + 1):
-            h, y_hat, lam = self.step(x, h)
+            h, y_hat, lam = self.step(first if n == 1 else later, h)
             if halting == "sample":
                 u = torch.rand(batch, generator=generator, device=x.device, dtype=x.dtype)
                 halt_now = u < lam
