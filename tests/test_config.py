@@ -66,6 +66,7 @@ def test_every_model_config_exposes_the_scale_switches(make_cfg, model):
     # `model.activation_checkpointing=true` must work without "+" for every model
     cfg = make_cfg(f"model={model}")
     assert cfg.model.activation_checkpointing is False
+    assert cfg.model.compile is False  # configs/train.yaml, for every model
 
 
 def test_a_model_config_is_one_file_and_the_command_line_still_wins(run_cli):

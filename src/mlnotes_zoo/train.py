@@ -101,7 +101,20 @@ def main(cfg: DictConfig) -> dict[str, float]:
                       "epochs": trainer.current_epoch, "metrics": metrics}
             _atomic_write(output_dir / "metrics.json", json.dumps(report, indent=2) + "\n")
             _print_metrics(metrics, output_dir)
+    if trainer.is_global_zero:  # MODEL_CARD.md: model, data, metric, checkpoint, commit
+        from mlnotes_zoo.model_card import write_model_card
+
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        write_model_card(output_dir, config=OmegaConf.to_container(job_cfg, resolve=True),
+                         model=model, datamodule=datamodule, checkpoint=best or None,
+                         metrics=metrics, epochs=trainer.current_epoch, overrides=_overrides())
     return metrics
+
+
+def _overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def _model_summary() -> Any:
