@@ -4,8 +4,8 @@ whole two-iteration recipe in one run, or one iteration of it.
 Iteration 1's targets are the zoo's k-means (:class:`~mlnotes_zoo.models.mixture.KMeans`,
 k-means++ and Lloyd) on MFCC + Δ + ΔΔ frames of the unlabeled training audio (transcripts
 are never read); iteration 2's are k-means on an encoder layer of an iteration-1 model, the
-*teacher*, and a fresh network learns them (Hsu et al. 2021, Sec. III-C). With the defaults
-(``iteration=1``, ``iterations=2``) one run does both: ``iteration_epochs`` epochs of
+*teacher*, and a fresh network learns them (Hsu et al. 2021's iterative refinement). With the
+defaults (``iteration=1``, ``iterations=2``) one run does both: ``iteration_epochs`` epochs of
 iteration 1, then the network becomes the teacher, its layer is clustered, and a freshly
 initialised network trains on the new targets for the remaining epochs. ``iteration=2
 teacher=<ckpt>`` runs iteration 2 alone from a saved iteration-1 (or whole-recipe) run.

@@ -93,7 +93,7 @@ def masked_prediction_loss(logits: Tensor, targets: Tensor, mask: Tensor, valid:
 
 def target_quality(labels: Tensor, clusters: Tensor) -> dict[str, Tensor]:
     """How well cluster targets (N,) match reference labels (N,) ("phones"; here the symbol
-    sounding in each frame), as in HuBERT's Sec. IV-C, from the joint distribution p(y, z)
+    sounding in each frame), the HuBERT paper's cluster-quality measures, from the joint p(y, z)
     of the frames' label y and cluster z:
 
     - PNMI = I(y; z) / H(y), phone-normalised mutual information: the share of the label's
@@ -273,7 +273,7 @@ class HuBERT(nn.Module):
 class HuBERTCTC(CTCSpeechModel):
     """HuBERT's encoder under a CTC head: log-mels → 4× conv subsampling → position
     convolution → pre-norm Transformer → LayerNorm → blank + characters (HuBERT's
-    fine-tuning, Sec. IV-D, with SpecAugment on the features in place of masking frames).
+    fine-tuning, with SpecAugment on the features in place of masking frames).
 
     :meth:`load_encoder` copies a pretrained :class:`HuBERT`'s front end, subsampling,
     Transformer and final norm (everything but its mask embedding, projection and
