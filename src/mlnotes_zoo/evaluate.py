@@ -266,9 +266,11 @@ def main(cfg: DictConfig) -> dict[str, float]:
     from pytorch_lightning.plugins.io import CheckpointIO
 
     from mlnotes_zoo.resume import AtomicCheckpointIO
+    from mlnotes_zoo.runtime import apply_runtime
     from mlnotes_zoo.scale.launch import resolve_trainer_kwargs
     from mlnotes_zoo.train import _atomic_write, _print_metrics
 
+    apply_runtime(cfg.get("runtime"))  # torch's threads, as train.py sets them
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)

@@ -745,7 +745,9 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     from hydra.utils import instantiate
 
     from mlnotes_zoo.evaluate import group_choice, load_module
+    from mlnotes_zoo.runtime import apply_runtime
 
+    apply_runtime(cfg.get("runtime"))  # torch's threads, as train.py sets them
     n = cfg.get("n")
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
         raise UsageError(f"n={n}: must be an integer >= 0 (or null: the model's default)")
