@@ -92,10 +92,10 @@ def run_variant(table: str, variant: str, model: str, overrides: list[str], runs
     if entry["returncode"] == 0 and report.is_file():
         data = json.loads(report.read_text())
         entry.update(metrics=data["metrics"], epochs=data.get("epochs"))
-        for name in SIDE_TABLES:
-            side = run_dir / "pictures" / name
+        for side_name in SIDE_TABLES:
+            side = run_dir / "pictures" / side_name
             if side.is_file():
-                entry[name.removesuffix(".json")] = json.loads(side.read_text())
+                entry[side_name.removesuffix(".json")] = json.loads(side.read_text())
     else:
         entry["log_tail"] = (run_dir.parent / f"{name}.log").read_text()[-2000:]
     print(f"{table}/{name}: rc={entry['returncode']} cpu={entry['cpu_s']}s "
@@ -130,6 +130,7 @@ def summarise(seeds: dict[str, dict]) -> dict:
         ks = sorted(set.intersection(*(set(t["k"]) for t in tables)))
         summary["mean_steps_by_k"] = {
             str(k): _mean_std([t["mean_steps"][t["k"].index(k)] for t in tables]) for k in ks}
+        summary["train_max_nonzero"] = tables[0].get("train_max_nonzero")
     return summary
 
 
@@ -150,7 +151,9 @@ def markdown(result: dict) -> str:
             continue
         by_k = summary.get("mean_steps_by_k", {})
         ks = sorted(by_k, key=int)
-        steps_k = " / ".join(f"{by_k[k]['mean']:.1f}" for k in (ks[:1] + ks[-1:])) if ks else "—"
+        shown = [k for k in (ks[:1] + [str(summary.get("train_max_nonzero"))] + ks[-1:])
+                 if k in by_k]
+        steps_k = " / ".join(f"{by_k[k]['mean']:.1f}" for k in shown) if ks else "—"
         lines.append(
             f"| `{variant}` | {len(summary['seeds'])} | {cell(summary, 'test/acc', 100)} % | "
             f"{cell(summary, 'test/acc_extrap', 100)} % | {cell(summary, 'test/steps', 1, 1)} / "
