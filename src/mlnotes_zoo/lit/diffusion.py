@@ -23,7 +23,7 @@ from mlnotes_zoo.constraints import (
 )
 from mlnotes_zoo.lit.base import ZooModule
 from mlnotes_zoo.lit.sample_quality import ClassifierJudged
-from mlnotes_zoo.models.diffusion import DDPM, mean_fill, nearest_fill
+from mlnotes_zoo.models.diffusion import DDPM, mean_fill, nearest_fill, repaint
 from mlnotes_zoo.models.gan import class_coverage, classifier_fid
 
 
@@ -50,7 +50,9 @@ class LitDiffusion(ClassifierJudged, ZooModule):
     ``inpaint_samples`` fills of :meth:`DDPM.inpaint` (an estimate of the posterior mean, the
     fill of least expected squared error); ``inpaint_mse_single`` of one fill; beside the
     baselines ``inpaint_mse_mean_fill`` (the training mean) and ``inpaint_mse_nearest``
-    (the training image nearest on the visible half).
+    (the training image nearest on the visible half). With ``inpaint_resample`` > 1 also
+    ``inpaint_mse_repaint`` (and ``_single``): the same fills with RePaint's resampling
+    (:func:`~mlnotes_zoo.models.diffusion.repaint`, Lugmayr et al. 2022).
 
     Args:
         net: the DDPM (or its registry spec when loaded from a checkpoint).
@@ -64,6 +66,8 @@ class LitDiffusion(ClassifierJudged, ZooModule):
             variational bound).
         inpaint_eval: score inpainting of the test images' lower half (see below).
         inpaint_samples: fills averaged per image for ``inpaint_mse``.
+        inpaint_jump, inpaint_resample: RePaint's jump length r (DDIM steps gone back) and
+            resamplings U (1: none) of the ``inpaint_mse_repaint`` fills.
         vlb_eval: also the variational bound on −log P(x) of the test split in bits/dim
             (T net calls per batch), on the data's discrete levels as ``realnvp``/``glow``.
         guidance_weights: the w at which a class-conditional net is scored.
@@ -92,6 +96,8 @@ class LitDiffusion(ClassifierJudged, ZooModule):
         vlb_eval: bool = False,
         inpaint_eval: bool = True,
         inpaint_samples: PositiveInt = 4,
+        inpaint_jump: NonNegativeInt = 5,
+        inpaint_resample: PositiveInt = 1,
         guidance_weights: list[NonNegativeFloat] = (0.0, 1.0, 3.0),
         classifier_dir: str | None = "data/classifiers",
         classifier_steps: PositiveInt = 1500,
@@ -113,6 +119,8 @@ class LitDiffusion(ClassifierJudged, ZooModule):
         self.vlb_eval = vlb_eval
         self.inpaint_eval = inpaint_eval
         self.inpaint_samples = inpaint_samples
+        self.inpaint_jump = inpaint_jump
+        self.inpaint_resample = inpaint_resample
         self.guidance_weights = [float(w) for w in guidance_weights]
         self.classifier_dir = classifier_dir
         self.classifier_steps = classifier_steps
@@ -214,17 +222,18 @@ class LitDiffusion(ClassifierJudged, ZooModule):
         return (torch.arange(h, device=like.device) < h // 2).to(like.dtype).view(1, 1, h, 1)
 
     @torch.no_grad()
-    def inpaint(self, images: Tensor, fills: int = 1) -> Tensor:
+    def inpaint(self, images: Tensor, fills: int = 1, *, resample: int = 1) -> Tensor:
         """``images`` in [0, 1] with their lower half filled by the model, in [0, 1]:
-        (fills, B, C, H, W)."""
+        (fills, B, C, H, W); ``resample`` > 1: RePaint's resampling (``inpaint_jump``)."""
         net = self.sampler
         was_training = net.training
         net.eval()
         mask = self.inpaint_mask(images).to(self.device)
         gen = torch.Generator().manual_seed(self.eval_seed + 3)
         out = torch.stack([
-            torch.cat([net.inpaint(chunk.to(self.device) * 2 - 1, mask, steps=self.sample_steps,
-                                   eta=self.ddim_eta, generator=gen)
+            torch.cat([repaint(net, chunk.to(self.device) * 2 - 1, mask, steps=self.sample_steps,
+                               eta=self.ddim_eta, jump=self.inpaint_jump, resample=resample,
+                               generator=gen)
                        for chunk in images.split(1000)])
             for _ in range(fills)])
         net.train(was_training)
@@ -238,9 +247,14 @@ class LitDiffusion(ClassifierJudged, ZooModule):
             return (((filled.cpu() - images) ** 2) * (1 - mask)).sum() / hidden
 
         fills = self.inpaint(images, self.inpaint_samples)
-        return {"test/inpaint_mse": mse(fills.mean(0)), "test/inpaint_mse_single": mse(fills[0]),
-                "test/inpaint_mse_mean_fill": mse(mean_fill(train, images, mask)),
-                "test/inpaint_mse_nearest": mse(nearest_fill(train, images, mask))}
+        out = {"test/inpaint_mse": mse(fills.mean(0)), "test/inpaint_mse_single": mse(fills[0]),
+               "test/inpaint_mse_mean_fill": mse(mean_fill(train, images, mask)),
+               "test/inpaint_mse_nearest": mse(nearest_fill(train, images, mask))}
+        if self.inpaint_resample > 1:  # RePaint's resampling, beside the plain fills
+            fills = self.inpaint(images, self.inpaint_samples, resample=self.inpaint_resample)
+            out["test/inpaint_mse_repaint"] = mse(fills.mean(0))
+            out["test/inpaint_mse_repaint_single"] = mse(fills[0])
+        return out
 
     def _bound(self, images: Tensor) -> dict[str, Tensor]:
         """The variational bound's terms in bits/dim, means over ``images`` in [0, 1]."""
