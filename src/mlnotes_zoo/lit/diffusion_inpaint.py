@@ -116,8 +116,9 @@ class LitDiffusionInpaint(LitDiffusion):
         truth = batch[0][:8].cpu()
         rows = []
         for kind in self.mask_kinds:
-            mask = fixed_mask(kind, *truth.shape[-2:]).expand_as(truth)
-            fills = self.fill(truth, mask[:1], self.inpaint_samples)
+            one = fixed_mask(kind, *truth.shape[-2:])  # (1, 1, H, W): what the network takes
+            fills = self.fill(truth, one, self.inpaint_samples)
+            mask = one.expand_as(truth)  # the rows drawn: every image and channel
             rows += [truth * mask + 0.5 * (1 - mask), mask, fills[0], fills.mean(0), truth]
         return {"inpainting": make_grid(torch.cat(rows), nrow=len(truth), padding=1,
                                         pad_value=0.5)}
