@@ -268,7 +268,7 @@ def main(cfg: DictConfig) -> dict[str, float]:
     from mlnotes_zoo.resume import AtomicCheckpointIO
     from mlnotes_zoo.runtime import apply_runtime
     from mlnotes_zoo.scale.launch import resolve_trainer_kwargs
-    from mlnotes_zoo.train import _atomic_write, _print_metrics
+    from mlnotes_zoo.train import _atomic_write, _print_metrics, build_loggers
 
     apply_runtime(cfg.get("runtime"))  # torch's threads, as train.py sets them
     if cfg.get("seed") is not None:
@@ -279,7 +279,7 @@ def main(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate(cfg.data)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()
                  if c and "_target_" in c]
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    loggers = build_loggers(cfg.get("logger"))
     trainer_kwargs = resolve_trainer_kwargs(instantiate(cfg.trainer, _partial_=True).keywords)
     if trainer_kwargs.get("enable_progress_bar") is False:
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]

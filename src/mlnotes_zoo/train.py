@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["main", "cli", "CheckConfig"]
+__all__ = ["main", "cli", "CheckConfig", "build_loggers"]
 
 
 def main(cfg: DictConfig) -> dict[str, float]:
@@ -57,7 +57,7 @@ def main(cfg: DictConfig) -> dict[str, float]:
     # (callbacks=none leaves model/<name>.yaml's model_checkpoint.monitor behind)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()
                  if c and "_target_" in c]
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    loggers = build_loggers(cfg.get("logger"))
     trainer_kwargs = resolve_trainer_kwargs(instantiate(cfg.trainer, _partial_=True).keywords)
     # switched off in the trainer config: the callbacks group's and logger group's ones too
     if trainer_kwargs.get("enable_progress_bar") is False:
@@ -86,6 +86,7 @@ def main(cfg: DictConfig) -> dict[str, float]:
         output_dir.mkdir(parents=True, exist_ok=True)
         job_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
         _atomic_write(output_dir / "config.yaml", OmegaConf.to_yaml(job_cfg, resolve=True))
+        _log_config(trainer.loggers, job_cfg)
 
     with preemption.stopped(trainer):
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -109,6 +110,40 @@ def main(cfg: DictConfig) -> dict[str, float]:
                          model=model, datamodule=datamodule, checkpoint=best or None,
                          metrics=metrics, epochs=trainer.current_epoch, overrides=_overrides())
     return metrics
+
+
+def build_loggers(loggers: DictConfig | None) -> list[Any]:
+    """The logger group's loggers (``cfg.logger``).
+
+    MLflow 3 keeps its file store (a ``file:`` tracking URI: ``logger=mlflow``'s default, a
+    folder in the run dir that works offline) in maintenance mode and refuses it unless
+    ``MLFLOW_ALLOW_FILE_STORE`` is set; it is set here for such a logger, unless the user set
+    it. Its replacement, a SQLite store, needs the full ``mlflow`` package (SQLAlchemy,
+    Alembic), which the zoo does not install: ``logger.mlflow.tracking_uri=sqlite:///...``.
+    """
+    from hydra.utils import instantiate
+
+    nodes = [c for c in (loggers or {}).values() if c]
+    for node in nodes:
+        uri = str(node.get("tracking_uri") or "file:")
+        if str(node.get("_target_", "")).endswith("MLFlowLogger") and uri.startswith("file:"):
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    return [instantiate(c) for c in nodes]
+
+
+def _log_config(loggers: list[Any], job_cfg: DictConfig) -> None:
+    """The run's resolved model, data, trainer and seed as the params of the experiment
+    trackers (MLflow, W&B; lightning-hydra-template's ``log_hyperparameters``): Lightning
+    logs only the LightningModule's own arguments, which leave out the network's kwargs
+    (``model/net/latent_dim``)."""
+    from pytorch_lightning.loggers import MLFlowLogger, WandbLogger
+
+    trackers = [lg for lg in loggers if isinstance(lg, (MLFlowLogger, WandbLogger))]
+    if trackers:
+        resolved = OmegaConf.to_container(job_cfg, resolve=True)
+        params = {k: resolved[k] for k in ("model", "data", "trainer", "seed") if k in resolved}
+        for tracker in trackers:
+            tracker.log_hyperparams(params)
 
 
 def _overrides() -> list[str]:

@@ -210,10 +210,12 @@ def validate_config(cfg: DictConfig) -> None:
 def check_runnable(cfg: DictConfig) -> None:
     """Raise :class:`~mlnotes_zoo.errors.UsageError` when a valid config cannot run here:
     ``trainer.accelerator=gpu|cuda|mps`` on a machine without one, a ``ckpt_path`` that is
-    not a file. ``train.py`` checks this with :func:`validate_config`, before the run dir
-    exists (Lightning would raise deep inside the Trainer, after)."""
+    not a file, a logger whose library is not installed (``logger=wandb``). ``train.py``
+    checks this with :func:`validate_config`, before the run dir exists (Lightning would
+    raise deep inside the Trainer, after)."""
     import torch
 
+    _check_logger_packages(cfg.get("logger"))
     ckpt_path = cfg.get("ckpt_path")
     if isinstance(ckpt_path, str) and "://" not in ckpt_path and not os.path.isfile(ckpt_path):
         raise UsageError(f"ckpt_path={ckpt_path}: no such checkpoint file (ckpt_path takes a "
@@ -231,6 +233,27 @@ def check_runnable(cfg: DictConfig) -> None:
     here = ["cpu", "auto", *sorted(k for k, v in present.items() if v)]
     raise UsageError(f"trainer.accelerator={name}: this machine has no {name.upper()} device "
                      f"(torch sees none); use trainer.accelerator={'|'.join(here)}")
+
+
+# Loggers whose library is an optional install: class name -> (module, how to install it).
+_LOGGER_PACKAGES = {"WandbLogger": ("wandb", "pip install wandb"),
+                    "MLFlowLogger": ("mlflow", "pip install mlflow-skinny")}
+
+
+def _check_logger_packages(loggers: Any) -> None:
+    """A chosen logger whose library is not installed: one line saying what to install (the
+    logger itself would raise only when the run has started)."""
+    import importlib.util
+
+    if not isinstance(loggers, DictConfig):
+        return
+    for name, node in loggers.items():
+        target = str(node.get("_target_", "")) if isinstance(node, DictConfig) else ""
+        cls = target.rpartition(".")[2]
+        module, install = _LOGGER_PACKAGES.get(cls, (None, ""))
+        if module is not None and importlib.util.find_spec(module) is None:
+            raise UsageError(f"logger.{name} ({cls}) needs the {module} package, which is not "
+                             f"installed: {install}")
 
 
 def _walk(node: DictConfig, path: str) -> None:

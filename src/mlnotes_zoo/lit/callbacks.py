@@ -9,7 +9,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from PIL import Image
-from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.loggers import MLFlowLogger, TensorBoardLogger
 from torch import Tensor
 
 from mlnotes_zoo.constraints import NonNegativeInt, PositiveInt
@@ -19,7 +19,10 @@ class SavePictures(pl.Callback):
     """Writes ``pl_module.pictures(first val batch)`` as PNGs after each validation epoch.
 
     Files: ``<dirpath>/<name>_epoch<NNN>.png`` plus ``<name>.png`` for the latest, and the
-    same grids in TensorBoard when a TensorBoardLogger is attached. Only rank 0 writes.
+    same grids in TensorBoard when a TensorBoardLogger is attached. With an MLFlowLogger the
+    PNGs are the run's artifacts under ``<dirpath's name>/``: each as it is written, and at
+    the end of testing the whole folder (with what the test wrote there, e.g. PonderNet's
+    halting picture). Only rank 0 writes.
 
     Args:
         dirpath: folder of the PNGs.
@@ -58,7 +61,17 @@ class SavePictures(pl.Callback):
             for logger in trainer.loggers:
                 if isinstance(logger, TensorBoardLogger):
                     logger.experiment.add_image(name, grid, trainer.global_step)
+                elif isinstance(logger, MLFlowLogger):
+                    logger.experiment.log_artifact(logger.run_id, str(path), self.dirpath.name)
         self._batch = None
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero or not self.dirpath.is_dir():
+            return
+        for logger in trainer.loggers:
+            if isinstance(logger, MLFlowLogger):
+                logger.experiment.log_artifacts(logger.run_id, str(self.dirpath),
+                                                self.dirpath.name)
 
     def _enlarge(self, grid: Tensor) -> Tensor:
         """Repeat pixels (nearest) so the grid is at least ``min_size`` pixels across."""
