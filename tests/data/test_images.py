@@ -148,3 +148,27 @@ def test_missing_root_says_where_the_files_go(tmp_path, cls, where):
         _setup(cls(root=str(tmp_path / "nothing")))
     message = str(err.value)
     assert where in message and "nothing" in message and "data.root" in message
+
+
+def test_mnist_dynamic_binarization_draws_train_pixels_afresh_and_fixes_val_test(tmp_path):
+    _write_mnist(tmp_path, "MNIST")
+    dm = _setup(MNISTDataModule(root=str(tmp_path), val_size=6, binarize="dynamic"))
+    grey = _setup(MNISTDataModule(root=str(tmp_path), val_size=6))
+    x_grey = grey.splits["train"].tensors[0]
+    # train: binary, drawn afresh on every read, x_bin ~ Bernoulli(grey level)
+    reads = torch.stack([dm.splits["train"][0][0] for _ in range(400)])  # (400, 1, 28, 28)
+    assert set(reads.unique().tolist()) == {0.0, 1.0}
+    assert not torch.equal(reads[0], reads[1])
+    assert (reads.mean(0) - x_grey[0]).abs().max() < 0.15  # 400 draws: σ ≤ 0.025 per pixel
+    # the reference data keeps the grey levels
+    assert torch.equal(dm.reference_data("train").tensors[0], x_grey)
+    # val/test: binarized once with a fixed seed, whatever the global RNG says
+    torch.manual_seed(123)
+    again = _setup(MNISTDataModule(root=str(tmp_path), val_size=6, binarize="dynamic"))
+    for split in ("val", "test"):
+        x = dm.splits[split].tensors[0]
+        assert set(x.unique().tolist()) <= {0.0, 1.0}
+        assert torch.equal(x, again.splits[split].tensors[0])
+        assert torch.equal(dm.splits[split][0][0], x[0])  # reads do not redraw
+    with pytest.raises(ValueError, match="binarize"):
+        MNISTDataModule(root=str(tmp_path), binarize="threshold")

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+from torch.utils.data import TensorDataset
 
 from mlnotes_zoo.data.base import BadDataError, TorchvisionDataModule
 
-__all__ = ["MNISTDataModule", "FashionMNISTDataModule", "check_idx_file"]
+__all__ = ["MNISTDataModule", "FashionMNISTDataModule", "DynamicallyBinarized", "check_idx_file"]
+
+EVAL_BINARIZATION_SEED = 0  # val/test are binarized once with this seed, whatever the run's seed
 
 
 def check_idx_file(path: Path, ndim: int) -> int:
@@ -40,12 +47,49 @@ def _check_split(raw: Path, train: bool) -> None:
                                f"{n_labels} labels")
 
 
+class DynamicallyBinarized(TensorDataset):
+    """(images, labels) whose images are drawn afresh as x_bin ~ Bernoulli(x) on every read.
+
+    ``tensors`` keep the grey levels (what ``reference_data`` hands out); only items read
+    through indexing, i.e. the training batches, are binary.
+    """
+
+    def __getitem__(self, index: Any) -> tuple[Tensor, Tensor]:
+        x, y = super().__getitem__(index)
+        return torch.bernoulli(x), y
+
+
 class MNISTDataModule(TorchvisionDataModule):
-    """MNIST from ``root/MNIST/raw`` (the four idx files, optionally .gz)."""
+    """MNIST from ``root/MNIST/raw`` (the four idx files, optionally .gz).
+
+    Args:
+        binarize: ``"none"``: grey levels in [0, 1]. ``"dynamic"``: binary pixels x ~
+            Bernoulli(grey level), resampled every time a training image is read (the
+            "dynamically binarized MNIST" of Burda et al. 2016), while validation
+            and test are binarized once with a fixed seed, so every run is scored on the same
+            binary images.
+        root, download, val_size, batch_size, channels, image_size, num_workers, seed: see
+            :class:`~mlnotes_zoo.data.base.TorchvisionDataModule`.
+    """
 
     dataset_name = "MNIST"
     native_size = 28
     expected_files = "MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte"
+
+    def __init__(self, *, binarize: Literal["none", "dynamic"] = "none", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.binarize = binarize
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        super().setup(stage)
+        if self.binarize == "dynamic":
+            generator = torch.Generator().manual_seed(EVAL_BINARIZATION_SEED)
+            for name in ("val", "test"):
+                x, y = self.splits[name].tensors
+                self.splits[name] = TensorDataset(torch.bernoulli(x, generator=generator), y)
+            self.splits["train"] = DynamicallyBinarized(*self.splits["train"].tensors)
 
     def _dataset(self, train: bool):
         from torchvision.datasets import MNIST
