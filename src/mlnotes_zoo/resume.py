@@ -374,7 +374,8 @@ class ReplayError(ResumeError):
 _REPLAY_ALLOWED = ("a run dir's overrides may only set values of the zoo's configs "
                    "(key=value, +key=value for a parameter of the node's target, "
                    "group=<a file of configs/<group>/>)")
-_OUTPUT_KEYS = {"dirpath", "save_dir", "default_root_dir", "output_dir"}
+# tracking_uri: MLflow's store or server
+_OUTPUT_KEYS = {"dirpath", "save_dir", "default_root_dir", "output_dir", "tracking_uri"}
 _OUTPUT_NAMES = {"filename", "name", "version", "sub_dir"}  # file names: a "/" leaves the dir
 # deleting these would stop resuming from being exact or last.ckpt from being written
 _KEPT_NODES = {"callbacks.last_checkpoint", "callbacks.random_state"}

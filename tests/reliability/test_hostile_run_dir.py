@@ -60,6 +60,8 @@ CASES = [
     ("a checkpoint name leaving the dir", ["callbacks.last_checkpoint.filename=../../../evil"],
      "where the run writes"),
     ("a logger name leaving the dir", [f"logger.csv.name={MARK}"], "where the run writes"),
+    ("MLflow logging sent to a server",
+     ["logger.mlflow.tracking_uri=http://127.0.0.1:9/", "logger=mlflow"], "where the run writes"),
     ("last.ckpt's callback deleted", ["~callbacks.last_checkpoint"], "deletes a node"),
     ("the trainer deleted", ["~trainer"], "deletes a node"),
     ("a sweep", ["model.net.latent_dim=2,4"], "sweep"),
