@@ -262,13 +262,9 @@ def main(cfg: DictConfig) -> dict[str, float]:
     """Test ``cfg.ckpt_path`` on ``cfg.data`` and write ``metrics.json``; returns the metrics."""
     import pytorch_lightning as pl
     from hydra.utils import instantiate
-    from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
-    from pytorch_lightning.plugins.io import CheckpointIO
 
-    from mlnotes_zoo.resume import AtomicCheckpointIO
     from mlnotes_zoo.runtime import apply_runtime
-    from mlnotes_zoo.scale.launch import resolve_trainer_kwargs
-    from mlnotes_zoo.train import _atomic_write, _print_metrics, build_loggers
+    from mlnotes_zoo.train import _atomic_write, _print_metrics, trainer_parts
 
     apply_runtime(cfg.get("runtime"))  # torch's threads, as train.py sets them
     if cfg.get("seed") is not None:
@@ -277,19 +273,7 @@ def main(cfg: DictConfig) -> dict[str, float]:
     ckpt_path = str(cfg.ckpt_path)
     model, checkpoint = load_module(cfg)
     datamodule = instantiate(cfg.data)
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()
-                 if c and "_target_" in c]
-    loggers = build_loggers(cfg.get("logger"))
-    trainer_kwargs = resolve_trainer_kwargs(instantiate(cfg.trainer, _partial_=True).keywords)
-    if trainer_kwargs.get("enable_progress_bar") is False:
-        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    if trainer_kwargs.get("enable_checkpointing") is False:
-        callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
-    if trainer_kwargs.pop("logger", None) is False:
-        loggers = []
-    plugins = list(trainer_kwargs.pop("plugins", None) or [])
-    if not any(isinstance(p, CheckpointIO) for p in plugins):
-        plugins.append(AtomicCheckpointIO())
+    callbacks, loggers, trainer_kwargs, plugins = trainer_parts(cfg)
     trainer_kwargs.pop("enable_model_summary", None)
     trainer = pl.Trainer(**trainer_kwargs, plugins=plugins, callbacks=callbacks,
                          logger=loggers or False, enable_model_summary=False)
@@ -309,18 +293,9 @@ def main(cfg: DictConfig) -> dict[str, float]:
 
 
 def _task(cfg: DictConfig) -> None:
-    from hydra.errors import InstantiationException
+    from mlnotes_zoo.train import run_guarded
 
-    from mlnotes_zoo.train import _FILE_LOG, _exit, _log_to_file
-
-    _log_to_file()
-    try:
-        main(cfg)
-    except (ZooError, InstantiationException) as err:
-        _exit(err)
-    except Exception:
-        _FILE_LOG.exception("error: the evaluation failed")
-        raise
+    run_guarded(main, cfg, "the evaluation")
 
 
 def run_entry_point(config_name: str, task: Any, argv: list[str] | None, entry: str) -> None:

@@ -791,18 +791,9 @@ def main(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _task(cfg: DictConfig) -> None:
-    from hydra.errors import InstantiationException
+    from mlnotes_zoo.train import run_guarded
 
-    from mlnotes_zoo.train import _FILE_LOG, _exit, _log_to_file
-
-    _log_to_file()
-    try:
-        main(cfg)
-    except (ZooError, InstantiationException) as err:
-        _exit(err)
-    except Exception:
-        _FILE_LOG.exception("error: the prediction failed")
-        raise
+    run_guarded(main, cfg, "the prediction")
 
 
 def cli(argv: list[str] | None = None) -> None:

@@ -32,18 +32,11 @@ def main(cfg: DictConfig) -> dict[str, float]:
     """Fit, test the best checkpoint, write ``metrics.json``; returns the test metrics."""
     import pytorch_lightning as pl
     from hydra.utils import instantiate
-    from pytorch_lightning.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
-    from pytorch_lightning.plugins.io import CheckpointIO
+    from pytorch_lightning.callbacks import ModelSummary
 
     from mlnotes_zoo.preemption import Preemption
-    from mlnotes_zoo.resume import (
-        AtomicCheckpointIO,
-        continue_csv_logs,
-        last_checkpoint,
-        resume_checkpoint,
-    )
+    from mlnotes_zoo.resume import continue_csv_logs, last_checkpoint, resume_checkpoint
     from mlnotes_zoo.runtime import apply_runtime
-    from mlnotes_zoo.scale.launch import resolve_trainer_kwargs
 
     apply_runtime(cfg.get("runtime"))  # torch's threads, before anything is built
     if cfg.get("seed") is not None:
@@ -53,22 +46,7 @@ def main(cfg: DictConfig) -> dict[str, float]:
 
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, _convert_="all")
-    # a node without _target_ is a model's setting for a callback that is switched off
-    # (callbacks=none leaves model/<name>.yaml's model_checkpoint.monitor behind)
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()
-                 if c and "_target_" in c]
-    loggers = build_loggers(cfg.get("logger"))
-    trainer_kwargs = resolve_trainer_kwargs(instantiate(cfg.trainer, _partial_=True).keywords)
-    # switched off in the trainer config: the callbacks group's and logger group's ones too
-    if trainer_kwargs.get("enable_progress_bar") is False:
-        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    if trainer_kwargs.get("enable_checkpointing") is False:
-        callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
-    if trainer_kwargs.pop("logger", None) is False:
-        loggers = []
-    plugins = list(trainer_kwargs.pop("plugins", None) or [])
-    if not any(isinstance(p, CheckpointIO) for p in plugins):
-        plugins.append(AtomicCheckpointIO())  # a kill mid-write keeps the previous file
+    callbacks, loggers, trainer_kwargs, plugins = trainer_parts(cfg)
     # SIGTERM/SIGUSR1: last.ckpt of where the run is, one line, exit code 143/138
     preemption = Preemption(last_checkpoint(output_dir), output_dir)
     callbacks.append(preemption)
@@ -110,6 +88,35 @@ def main(cfg: DictConfig) -> dict[str, float]:
                          model=model, datamodule=datamodule, checkpoint=best or None,
                          metrics=metrics, epochs=trainer.current_epoch, overrides=_overrides())
     return metrics
+
+
+def trainer_parts(cfg: DictConfig) -> tuple[list[Any], list[Any], dict[str, Any], list[Any]]:
+    """The callbacks, loggers, ``pl.Trainer`` keyword arguments and plugins ``cfg`` asks for
+    (train.py and eval.py build their Trainer from them)."""
+    from hydra.utils import instantiate
+    from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
+    from pytorch_lightning.plugins.io import CheckpointIO
+
+    from mlnotes_zoo.resume import AtomicCheckpointIO
+    from mlnotes_zoo.scale.launch import resolve_trainer_kwargs
+
+    # a node without _target_ is a model's setting for a callback that is switched off
+    # (callbacks=none leaves model/<name>.yaml's model_checkpoint.monitor behind)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()
+                 if c and "_target_" in c]
+    loggers = build_loggers(cfg.get("logger"))
+    trainer_kwargs = resolve_trainer_kwargs(instantiate(cfg.trainer, _partial_=True).keywords)
+    # switched off in the trainer config: the callbacks group's and logger group's ones too
+    if trainer_kwargs.get("enable_progress_bar") is False:
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    if trainer_kwargs.get("enable_checkpointing") is False:
+        callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+    if trainer_kwargs.pop("logger", None) is False:
+        loggers = []
+    plugins = list(trainer_kwargs.pop("plugins", None) or [])
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO())  # a kill mid-write keeps the previous file
+    return callbacks, loggers, trainer_kwargs, plugins
 
 
 def build_loggers(loggers: DictConfig | None) -> list[Any]:
@@ -236,20 +243,26 @@ def _print_metrics(metrics: dict[str, Any], output_dir: Path) -> None:
     _FILE_LOG.info("run dir: %s", output_dir)
 
 
-def _task(cfg: DictConfig) -> float | None:
-    """The Hydra job: :func:`main`, with a mistake of the user's reported in one or two lines."""
+def run_guarded(job: Any, cfg: DictConfig, what: str, run_dir: Path | None = None) -> Any:
+    """``job(cfg)`` as a Hydra job of train.py, eval.py or predict.py: the console also logged
+    to the run dir's file; a mistake of the user's reported in one or two lines (exit 2)."""
     from hydra.errors import InstantiationException
 
     from mlnotes_zoo.errors import ZooError
 
     _log_to_file()
     try:
-        metrics = main(cfg)
+        return job(cfg)
     except (ZooError, InstantiationException) as err:
-        _exit(err, run_dir=Path(cfg.paths.output_dir))
+        _exit(err, run_dir=run_dir)
     except Exception:  # a bug: its traceback on the console (Hydra) and in train.log
-        _FILE_LOG.exception("error: the run failed")
+        _FILE_LOG.exception(f"error: {what} failed")
         raise
+
+
+def _task(cfg: DictConfig) -> float | None:
+    """The Hydra job: :func:`main`, with a mistake of the user's reported in one or two lines."""
+    metrics = run_guarded(main, cfg, "the run", run_dir=Path(cfg.paths.output_dir))
     # The value Hydra sweepers optimise: the monitored validation metric is not known here,
     # so return the test loss when present.
     return metrics.get("test/loss")
