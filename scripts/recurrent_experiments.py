@@ -13,8 +13,8 @@ run dir under ``--runs``; its entry holds the command, the test metrics of the r
 ``metrics.json``, the epochs trained, wall and CPU seconds of the process tree, and the
 run's per-length or per-non-zero table (``pictures/exact_match_by_length.json``,
 ``pictures/halting_test.json``). ``--threads N`` sets OMP_NUM_THREADS (as for the README's
-"CPU-s" figures); the JSON also names the commit. ``--seeds S ...`` runs every variant once
-per seed (``seed=S``) and keeps each seed's entry under ``seeds`` with the mean and sample
+one-thread CPU-time figures); the JSON also names the commit. ``--seeds S ...`` runs every
+variant once per seed (``seed=S``) and keeps each seed's entry under ``seeds`` with the mean and sample
 standard deviation over them under ``summary`` (``--markdown`` prints that as the README's
 table: interpolation and extrapolation accuracy, mean steps, mean steps per number of
 non-zeros, CPU seconds).
@@ -144,7 +144,7 @@ def markdown(result: dict) -> str:
 
     lines = ["| model | seeds | accuracy interp. | extrap. | mean steps interp. / extrap. | "
              "steps vs non-zeros (Spearman) | mean steps at k = 1 / train max / n_elems | "
-             "train CPU-s (epochs) |", "|---" * 8 + "|"]
+             "train CPU time in s, one thread, shared machine (epochs) |", "|---" * 8 + "|"]
     for variant, entry in result["variants"].items():
         summary = entry.get("summary")
         if not summary:
