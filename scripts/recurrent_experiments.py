@@ -15,8 +15,8 @@ run's per-length or per-non-zero table (``pictures/exact_match_by_length.json``,
 ``pictures/halting_test.json``). ``--threads N`` sets OMP_NUM_THREADS (as for the README's
 one-thread CPU-time figures); the JSON also names the commit. ``--seeds S ...`` runs every
 variant once per seed (``seed=S``) and keeps each seed's entry under ``seeds`` with the mean
-and sample standard deviation over them under ``summary`` (``--markdown`` prints that as the README's
-table: interpolation and extrapolation accuracy, mean steps, mean steps per number of
+and sample standard deviation over them under ``summary`` (``--markdown`` prints that as the
+README's table: interpolation and extrapolation accuracy, mean steps, mean steps per number of
 non-zeros, CPU seconds).
 """
 
