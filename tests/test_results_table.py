@@ -32,6 +32,35 @@ def test_readme_table_is_the_generated_one():
         "run python scripts/reproduce.py --table")
 
 
+def test_readme_time_to_quality_table_is_the_generated_one():
+    text = (REPO / "README.md").read_text()
+    start = text.index(reproduce.TTQ_BEGIN)
+    end = text.index(reproduce.TTQ_END) + len(reproduce.TTQ_END)
+    expected = reproduce.render_time_to_quality(
+        _results(), reproduce.load_specs(reproduce.TTQ_SPEC), reproduce.load_specs())
+    assert text[start:end] == expected, (
+        "README time-to-quality table differs from results/results.json: "
+        "run python scripts/reproduce.py --table")
+
+
+def test_time_to_quality_speed_up_and_slow_rows():
+    def entry(wall, **extra):
+        return {"returncode": 0, "wall_s": wall, "metrics": {"test/a": 0.5}, "seeds": [42],
+                **extra}
+
+    results = {"fast": entry(120.0), "slow": entry(301.0), "pinned": entry(100.0,
+                                                                          omp_num_threads=1)}
+    specs = [{"row": r, "metric": "{test/a:.1%}", "levers": "x\n  y",
+              "before": {"time": "~10 min", "seconds": 600, "metric": "m", "source": "s"}}
+             for r in results]
+    text = reproduce.render_time_to_quality(results, specs, [{"row": r} for r in results])
+    fast, slow, pinned = text.splitlines()[3:6]
+    assert "**120 s** (50.0 %) | 5.0× | x y |" in fast
+    assert "| 2.0× |" in slow and "not measured" in pinned and "⚠" in pinned
+    assert text.splitlines()[-2] == ("Default runs not yet shown to finish in ≤ 5 minutes wall: "
+                                     "`slow`, `pinned`.")
+
+
 def test_every_registered_model_has_a_row():
     rows = {spec["row"] for spec in reproduce.load_specs()}
     assert set(list_models()) <= rows, sorted(set(list_models()) - rows)

@@ -50,6 +50,7 @@ import os
 import statistics
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -205,10 +206,28 @@ def measure(model: str, *, modes: tuple[str, ...] = MODES, threads: tuple[int, .
 
 
 def _load() -> dict[str, Any]:
-    """What else ran on the machine during the benchmark: the 1-minute load average against
-    the cores (a load above the cores' count means the timings were shared)."""
+    """The 1-minute load average against the cores, and the machine's busy CPU seconds so far
+    (/proc/stat, where there is one) with this process's own, to tell other jobs' share."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    return {"load_avg_1min": load, "cpu_count": os.cpu_count()}
+    busy = None
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        busy = (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # - idle, iowait
+    except (OSError, ValueError, IndexError):
+        pass
+    own = sum(os.times()[:4])
+    return {"load_avg_1min": load, "cpu_count": os.cpu_count(), "busy_cpu_s": busy,
+            "own_cpu_s": own, "wall": time.perf_counter()}
+
+
+def _others_share(before: dict[str, Any], after: dict[str, Any]) -> float | None:
+    """Fraction of the cores' time other processes used during the run (None without
+    /proc/stat): the machine's busy CPU seconds minus this process's, over wall x cores."""
+    if before["busy_cpu_s"] is None or after["busy_cpu_s"] is None:
+        return None
+    machine = after["busy_cpu_s"] - before["busy_cpu_s"]
+    others = machine - (after["own_cpu_s"] - before["own_cpu_s"])
+    return max(0.0, others) / ((after["wall"] - before["wall"]) * (os.cpu_count() or 1))
 
 
 def bench_cpu_levers(models: tuple[str, ...] = MODELS, modes: tuple[str, ...] = MODES,
@@ -233,14 +252,15 @@ def bench_cpu_levers(models: tuple[str, ...] = MODELS, modes: tuple[str, ...] = 
         print(model, json.dumps(result["models"][model].get("ratios")),
               json.dumps(result["models"][model].get("cells")), flush=True)
     after = _load()
-    shared = max(before["load_avg_1min"] or 0, after["load_avg_1min"] or 0)
+    others = _others_share(before, after)
     result["machine_load"] = {"before": before, "after": after}
     result["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "(libgomp's default)")
+    result["others_cpu_share"] = None if others is None else round(others, 3)
     result["machine_shared"] = (
-        f"1-min load average {shared:.1f} on {os.cpu_count()} cores during the run"
-        + (": other jobs shared the cores, so the ratios (two threads above all) are noisy; "
-           "rerun on an idle machine before quoting them" if shared > 0.5 * (os.cpu_count() or 1)
-           else ""))
+        "unknown (no /proc/stat)" if others is None else
+        f"other processes used {others:.0%} of the cores' time during the run"
+        + (": the ratios (two threads above all) are noisy; rerun on an idle machine before "
+           "quoting them" if others > 0.05 else ""))
     return result
 
 
