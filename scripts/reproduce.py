@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import string
 import subprocess
@@ -67,6 +68,7 @@ def run_one(row: str, seed: int, runs: Path, threads: int | None, extra: list[st
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
     log_path = runs / f"{run_dir.name}.log"
+    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run dir, as a user's run gets
     start = time.perf_counter()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
