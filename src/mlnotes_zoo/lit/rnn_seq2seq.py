@@ -98,8 +98,7 @@ class LitRNNSeq2Seq(LitSeq2Seq):
         self.nll_sum.update(token_cross_entropy(logits, tgt_out, ignore_index=pad,
                                                 reduction="sum"))
         self.num_tokens.update(real.sum())
-        generated = self.net.generate(src, max_new_tokens=tgt.shape[1])
-        correct = sequence_exact_match(generated, tgt_out, pad_id=pad)
+        generated, correct = self.greedy_exact_match(src, tgt)
         out["exact_match"] = correct.mean()
         if stage == "test":
             beam = self.net.beam_search(src, beam_size=self.beam_size,

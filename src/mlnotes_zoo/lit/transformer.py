@@ -111,6 +111,13 @@ class LitSeq2Seq(ZooModule):
                               patience=self.patience if self.patience is not None else 10**9,
                               stopping_threshold=self.stop_at_exact_match)]
 
+    def greedy_exact_match(self, src: Tensor, tgt: Tensor) -> tuple[Tensor, Tensor]:
+        """Greedy decoding of ``src`` (B, S) and whether it equals ``tgt`` (B, T) = bos …
+        eos: (generated (B, ≤ T) tokens after bos, correct (B,) 1.0 or 0.0) — the exact
+        match of validation and test, per example (scripts/seq2seq_by_length.py uses it too)."""
+        generated = self.net.generate(src, max_new_tokens=tgt.shape[1])
+        return generated, sequence_exact_match(generated, tgt[:, 1:], pad_id=self.net.pad_id)
+
     def model_step(self, batch: Any, stage: str) -> dict[str, Tensor]:
         src, tgt = batch
         tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:]
@@ -120,9 +127,8 @@ class LitSeq2Seq(ZooModule):
         out = {"loss": loss,
                "token_accuracy": ((logits.argmax(-1) == tgt_out) & real).sum() / real.sum()}
         if stage != "train":
-            generated = self.net.generate(src, max_new_tokens=tgt.shape[1])
-            out["exact_match"] = sequence_exact_match(generated, tgt_out,
-                                                      pad_id=self.net.pad_id).mean()
+            generated, correct = self.greedy_exact_match(src, tgt)
+            out["exact_match"] = correct.mean()
             if self._sample_batch is None:
                 n = self.num_samples
                 self._sample_batch = (src[:n], tgt_out[:n], generated[:n])
