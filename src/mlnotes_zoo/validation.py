@@ -209,10 +209,10 @@ def validate_config(cfg: DictConfig) -> None:
 
 def check_runnable(cfg: DictConfig) -> None:
     """Raise :class:`~mlnotes_zoo.errors.UsageError` when a valid config cannot run here:
-    ``trainer.accelerator=gpu|cuda|mps`` on a machine without one, a ``ckpt_path`` that is
-    not a file, a logger whose library is not installed (``logger=wandb``). ``train.py``
-    checks this with :func:`validate_config`, before the run dir exists (Lightning would
-    raise deep inside the Trainer, after)."""
+    ``trainer.accelerator=gpu|cuda|mps`` on a machine without one, a ``ckpt_path`` (or
+    ``model.encoder_init``, ``model.teacher``) that is not a file, a logger whose library is
+    not installed (``logger=wandb``). ``train.py`` checks this with :func:`validate_config`,
+    before the run dir exists (Lightning would raise deep inside the Trainer, after)."""
     import torch
 
     _check_logger_packages(cfg.get("logger"))
@@ -220,6 +220,7 @@ def check_runnable(cfg: DictConfig) -> None:
     if isinstance(ckpt_path, str) and "://" not in ckpt_path and not os.path.isfile(ckpt_path):
         raise UsageError(f"ckpt_path={ckpt_path}: no such checkpoint file (ckpt_path takes a "
                          ".ckpt file; resume=<run dir> continues a run in its dir)")
+    _check_model_files(cfg.get("model"))
     trainer = cfg.get("trainer")
     name = trainer.get("accelerator") if isinstance(trainer, DictConfig) else None
     strategy = str(trainer.get("strategy")) if isinstance(trainer, DictConfig) else ""
@@ -233,6 +234,26 @@ def check_runnable(cfg: DictConfig) -> None:
     here = ["cpu", "auto", *sorted(k for k, v in present.items() if v)]
     raise UsageError(f"trainer.accelerator={name}: this machine has no {name.upper()} device "
                      f"(torch sees none); use trainer.accelerator={'|'.join(here)}")
+
+
+# Files a model reads when its run starts (the LightningModule would refuse a missing one only
+# once the run dir exists): key under model -> (when it is read, what it takes).
+_MODEL_FILES = {
+    "encoder_init": (lambda model: True, "the .ckpt of a model=hubert run, e.g. <run dir>/"
+                     "checkpoints/last.ckpt, or null (no pretrained encoder)"),
+    "teacher": (lambda model: model.get("iteration") == 2,
+                "the .ckpt of a model=hubert run, whose network gives iteration 2's targets"),
+}
+
+
+def _check_model_files(model: Any) -> None:
+    if not isinstance(model, DictConfig):
+        return
+    for key, (read, takes) in _MODEL_FILES.items():
+        path = model.get(key)
+        if isinstance(path, str) and read(model) and not os.path.isfile(path):
+            raise UsageError(f"model.{key}={path}: no such checkpoint file (model.{key} takes "
+                             f"{takes})")
 
 
 # Loggers whose library is an optional install: class name -> (module, how to install it).

@@ -3,6 +3,7 @@ alignment with the encoder's frames; a tiny pretraining run through train.py."""
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 
 import numpy as np
@@ -17,6 +18,7 @@ from torchaudio.models.wav2vec2.components import LogitGenerator
 from mlnotes_zoo import create_model
 from mlnotes_zoo.data.spoken_symbols import SpokenSymbolsDataModule, frame_labels
 from mlnotes_zoo.errors import UsageError
+from mlnotes_zoo.evaluate import load_module
 from mlnotes_zoo.lit.ctc import LitCTC
 from mlnotes_zoo.lit.hubert import LitHuBERT
 from mlnotes_zoo.models.hubert import (
@@ -249,3 +251,62 @@ def test_whole_recipe_switches_to_iteration_two_and_reports_both_targets(make_cf
         LitHuBERT(net=create_model("hubert"), iteration=2, teacher="nosuch.ckpt")
     with pytest.raises(UsageError, match="set model.teacher="):
         LitHuBERT(net=create_model("hubert"), iteration=2)
+
+
+@pytest.mark.slow
+def test_checkpoints_of_the_previous_layout_load_for_eval_predict_and_resume(make_cfg, tmp_path):
+    # A one-iteration run, then its checkpoint as the previous LitHuBERT wrote it (before the
+    # whole recipe): its one k-means as target_kmeans.*, no switch_seed, no teacher, and no
+    # iterations / iteration_epochs hyper-parameters.
+    main(make_cfg(*SMALL, "model.iterations=1", "trainer.max_epochs=1", "test=false"))
+    new = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert "kmeans.0.cluster_centers" in new["state_dict"] and "teacher.norm.weight" not in \
+        new["state_dict"]
+    old = copy.deepcopy(new)
+    old["state_dict"] = {key.replace("kmeans.0.", "target_kmeans.", 1): value
+                         for key, value in new["state_dict"].items() if key != "switch_seed"}
+    for key in ("iterations", "iteration_epochs"):
+        del old["hyper_parameters"][key]
+    path = tmp_path / "old.ckpt"
+    torch.save(old, path)
+    centres = new["state_dict"]["kmeans.0.cluster_centers"]
+
+    # eval.py / predict.py's path, the model built from today's config (the whole recipe: a
+    # teacher and two k-means), and Lightning's load_from_checkpoint (old hyper-parameters)
+    loaded = [load_module(make_cfg(*SMALL, f"ckpt_path={path}"))[0],
+              LitHuBERT.load_from_checkpoint(path)]
+    for module in loaded:
+        assert len(module.kmeans) == 2 and module.iteration == 1
+        torch.testing.assert_close(module.kmeans[0].cluster_centers, centres, rtol=0, atol=0)
+        assert bool(module.kmeans[0].fitted) and not bool(module.kmeans[1].fitted)
+        torch.testing.assert_close(module.net.final_proj.weight,
+                                   new["state_dict"]["net.final_proj.weight"], rtol=0, atol=0)
+
+    # a teacher of the previous layout gives iteration 2 its MFCC targets
+    sizes = dict(dim=32, num_layers=2, num_heads=2, ff_dim=32, num_clusters=8)
+    student = LitHuBERT(net=create_model("hubert", **sizes), iteration=2, teacher=str(path),
+                        teacher_layer=1)
+    torch.testing.assert_close(student.kmeans[0].cluster_centers, centres, rtol=0, atol=0)
+
+    # resume: the targets are kept (not fitted again) and AdamW continues its moments (the old
+    # optimizer state held the network's parameters only; today's also the frozen teacher's)
+    main(make_cfg(*SMALL, "trainer.max_epochs=2", "test=false", f"ckpt_path={path}"))
+    resumed = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["epoch"] == 1 and resumed["global_step"] == 2 * new["global_step"]
+    torch.testing.assert_close(resumed["state_dict"]["kmeans.0.cluster_centers"], centres,
+                               rtol=0, atol=0)
+    steps = [float(s["step"]) for s in resumed["optimizer_states"][0]["state"].values()]
+    assert max(steps) == resumed["global_step"]  # not restarted at the resumed epoch's steps
+
+
+def test_a_missing_encoder_init_or_teacher_stops_before_the_run_dir(run_cli, tmp_path):
+    missing = tmp_path / "pretrained.ckpt"
+    for key, args in (("encoder_init", ["model=hubert_ctc", f"model.encoder_init={missing}"]),
+                      ("teacher", ["model=hubert", "model.iteration=2",
+                                   f"model.teacher={missing}"])):
+        run_dir = tmp_path / key
+        code, err = run_cli(*args, f"hydra.run.dir={run_dir}")
+        assert code == 2 and len(err.splitlines()) == 1, err
+        assert err.startswith(f"error: model.{key}={missing}: no such checkpoint file "
+                              f"(model.{key} takes the .ckpt of a model=hubert run"), err
+        assert not run_dir.exists()

@@ -38,6 +38,21 @@ from mlnotes_zoo.models.mixture import KMeans
 from mlnotes_zoo.weights import load_checkpoint, safe_torch_load
 
 MFCC_FEATURES = 3 * 13  # MFCC + Δ + ΔΔ
+# The previous LitHuBERT (one iteration per run, before the whole recipe) kept its one k-means
+# as ``target_kmeans``: the targets of its ``iteration``; no teacher (rebuilt from its path),
+# no ``switch_seed``.
+OLD_KMEANS = "target_kmeans."
+
+
+def rename_old_kmeans(state: dict[str, Tensor], hparams: Mapping[str, Any]) -> bool:
+    """Rename, in place, a previous LitHuBERT checkpoint's ``target_kmeans.*`` tensors to
+    ``kmeans.<i − 1>.*``, i being the iteration that run trained (its hyper-parameter
+    ``iteration``). True when ``state`` was of that layout."""
+    old = [key for key in state if key.startswith(OLD_KMEANS)]
+    index = int(hparams.get("iteration", 1)) - 1
+    for key in old:
+        state[f"kmeans.{index}.{key.removeprefix(OLD_KMEANS)}"] = state.pop(key)
+    return bool(old)
 
 
 class LitHuBERT(ZooModule):
@@ -101,7 +116,9 @@ class LitHuBERT(ZooModule):
                 raise UsageError(f"model.teacher={teacher}: a {type(self.teacher).__name__} "
                                  "checkpoint, not a hubert one")
             # its MFCC targets, to compare theirs with the new ones
-            state = safe_torch_load(teacher)["state_dict"]
+            saved = safe_torch_load(teacher)
+            state = dict(saved["state_dict"])
+            rename_old_kmeans(state, saved.get("hyper_parameters") or {})
             teacher_kmeans = {k.removeprefix("kmeans.0."): v for k, v in state.items()
                               if k.startswith("kmeans.0.")}
         elif self.final_iteration == 2:
@@ -215,6 +232,30 @@ class LitHuBERT(ZooModule):
         self.net.load_state_dict(fresh.state_dict())
         for optimizer in self.trainer.optimizers:
             optimizer.state.clear()
+
+    # -- checkpoints of the previous layout --------------------------------------------------
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A previous LitHuBERT's checkpoint (``target_kmeans.*``) loads too: its k-means
+        becomes ``kmeans.<its iteration − 1>``; what it did not keep is this module's own (the
+        teacher loaded from ``model.teacher``, or the copy of the network that the switch to
+        iteration 2 overwrites; the other k-means unfitted; ``switch_seed`` 0), and its
+        optimizer state gains the teacher's frozen parameters, which it did not hold."""
+        state = checkpoint.get("state_dict")
+        if isinstance(state, dict) and rename_old_kmeans(
+                state, checkpoint.get("hyper_parameters") or {}):
+            for key, value in self.state_dict().items():
+                if key not in state and (key == "switch_seed"
+                                         or key.startswith(("teacher.", "kmeans."))):
+                    state[key] = value.detach().clone()
+            extra = len(list(self.teacher.parameters())) if self.teacher is not None else 0
+            total = len(list(self.parameters()))
+            for saved in checkpoint.get("optimizer_states") or []:
+                groups = saved.get("param_groups") if isinstance(saved, dict) else None
+                ids = [i for group in groups or [] for i in group["params"]]
+                if extra and groups and len(ids) == total - extra:  # the network's only
+                    start = max(ids, default=-1) + 1
+                    groups[-1]["params"] = [*groups[-1]["params"], *range(start, start + extra)]
+        super().on_load_checkpoint(checkpoint)
 
     # -- steps -----------------------------------------------------------------------------
     def model_step(self, batch: Any, stage: str) -> dict[str, Tensor]:
