@@ -19,6 +19,7 @@ from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
 from mlnotes_zoo import create_model
 from mlnotes_zoo.lit.mixture import EMStep, LitMixture
+from mlnotes_zoo.models import mixture
 from mlnotes_zoo.models.mixture import (
     GaussianMixture,
     cluster_purity,
@@ -166,6 +167,42 @@ def test_kmeans_from_the_same_centres_gives_scikit_learns_labels_and_inertia():
         assert ours.inertia_ == pytest.approx(sk.inertia_, rel=1e-12)
         np.testing.assert_allclose(ours.cluster_centers.numpy(), sk.cluster_centers_, atol=1e-10)
         assert float(ours.score(torch.from_numpy(x))) == pytest.approx(sk.score(x), rel=1e-12)
+
+
+@pytest.mark.parametrize("block", [None, 64])
+def test_kmeans_takes_the_first_of_tied_centres_and_scikit_learns_steps_in_blocks(monkeypatch,
+                                                                                 block):
+    # _BLOCK = 64 runs the large-N path (blocks of a few rows and a remainder, the first
+    # minimum found by the sign pass) on small data; None the one-block path (min)
+    if block is not None:
+        monkeypatch.setattr(mixture, "_BLOCK", block)
+    # grid points and grid centres: exactly equal distances; the first centre wins (numpy's
+    # argmin, scikit-learn's rule)
+    rng = np.random.RandomState(3)
+    x = rng.randint(0, 4, (300, 3)).astype(np.float64)
+    grid = np.unique(x, axis=0)
+    centres = grid[rng.choice(len(grid), 6, replace=False)]
+    d2 = ((x[:, None] - centres[None]) ** 2).sum(-1)
+    assert (d2 == d2.min(1, keepdims=True)).sum(1).max() > 1  # ties
+    first = d2.argmin(1)
+    ours = create_model("kmeans", in_shape=[3], num_clusters=6)
+    ours.initialize(torch.from_numpy(x), centres=torch.from_numpy(centres))
+    stats = ours.statistics(torch.from_numpy(x))
+    np.testing.assert_array_equal(stats["n"].numpy(), np.bincount(first, minlength=6))
+    np.testing.assert_array_equal(stats["sx"].numpy(),
+                                  [x[first == k].sum(0) for k in range(6)])
+    assert float(stats["inertia"]) == d2.min(1).sum()
+    np.testing.assert_array_equal(ours.predict(torch.from_numpy(x)).numpy(), first)
+    # Lloyd to convergence: scikit-learn's labels, inertia and centres from the same start
+    x = _blobs(seed=5, d=4)
+    centres = x[np.random.RandomState(0).choice(len(x), 3, replace=False)]
+    sk = SkKMeans(3, init=centres, n_init=1, algorithm="lloyd", tol=0).fit(x)
+    ours = create_model("kmeans", in_shape=[4], num_clusters=3)
+    ours.initialize(torch.from_numpy(x), centres=torch.from_numpy(centres))
+    ours.fit(torch.from_numpy(x))
+    np.testing.assert_array_equal(ours.labels_.numpy(), sk.labels_)
+    assert ours.inertia_ == pytest.approx(sk.inertia_, rel=1e-12)
+    np.testing.assert_allclose(ours.cluster_centers.numpy(), sk.cluster_centers_, atol=1e-10)
 
 
 def test_kmeans_plus_plus_picks_data_points_one_in_each_far_apart_blob():

@@ -46,6 +46,7 @@ __all__ = ["GaussianMixture", "KMeans", "MixtureOutput", "KMeansOutput", "kmeans
            *OBJECTIVE]
 
 _LOG_2PI = math.log(2 * math.pi)
+_BLOCK = 1 << 16  # k-means distances per CPU block: 512 KiB in float64, in L2
 Dtype = Literal["float32", "float64"]
 Shape = Annotated[tuple[PositiveInt, ...], Field(min_length=1)]
 
@@ -206,29 +207,59 @@ class KMeans(nn.Module):
     @torch.no_grad()
     def statistics(self, x: Tensor) -> dict[str, Tensor]:
         """The E step's sums over the batch: N_k, Σ x_n (points of cluster k), inertia, N."""
-        return self._lloyd_sums(self.projection(x, "KMeans.statistics"))[0]
-
-    def _lloyd_sums(self, z: Tensor) -> tuple[dict[str, Tensor], Tensor]:
-        """(:meth:`statistics` of projected points z (N, D), their nearest centres (N,))."""
-        centres = self.cluster_centers
-        # argmin_k ‖x − c_k‖² = argmin_k ‖c_k‖² − 2 c_k·x: one addmm, no ‖x‖² term; laid out
-        # (K, N), twice as fast as (N, K) on CPU for few centres (the long side is BLAS's n)
-        partial = torch.addmm(centres.pow(2).sum(1)[:, None], centres, z.T, alpha=-2)
-        nearest, labels = partial.min(0)
+        z = self.projection(x, "KMeans.statistics")
+        nearest, labels = self._assign(z)
+        n, sx = self._sums(z, labels)
         flat = z.reshape(-1)
-        # responsibilities r_nk ∈ {0, 1}: N_k by counting, Σ x_n by scattering the rows
-        return {"n": torch.bincount(labels, minlength=self.num_clusters).to(z.dtype),
-                "sx": z.new_zeros(centres.shape).index_add_(0, labels, z),
-                "inertia": nearest.sum() + flat.dot(flat),  # Σ_n ‖x_n‖² + min_k (…)
-                "count": z.new_tensor(len(z))}, labels
+        return {"n": n, "sx": sx, "inertia": nearest.sum() + flat.dot(flat),  # Σ ‖x‖² + …
+                "count": z.new_tensor(len(z))}
+
+    def _assign(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """min_k (‖c_k‖² − 2 c_k·x_n) and its first argmin k, for each row of z (N, D):
+        argmin_k ‖x − c_k‖² without the ‖x‖² term, as scikit-learn's Lloyd step."""
+        centres = self.cluster_centers
+        k, n = centres.shape[0], z.shape[0]
+        half = torch.linalg.vecdot(centres, centres).unsqueeze(1)  # ‖c_k‖², (K, 1)
+        # one addmm laid out (K, N): twice as fast as (N, K) on CPU for few centres (the long
+        # side is BLAS's n)
+        rows = (_BLOCK // k) | 1  # odd: a power-of-two row stride makes a column's K
+        if n <= rows or z.device.type != "cpu":  # entries share cache sets
+            return torch.addmm(half, centres, z.T, alpha=-2).min(0)
+        # Large N on CPU: in blocks of _BLOCK distances, each read back while in cache, and
+        # the first minimum found by vectorised passes (torch's min with indices is a scalar
+        # loop, 1.5x slower at 50,000 x 50): with m a column's minimum, sign(d − m) is 0 at
+        # its minima and 1 elsewhere, so min_k (k + K·sign(d_k − m)) is the first k with
+        # d_k = m, the index min (and scikit-learn) would give.
+        nearest = z.new_empty(n)
+        labels = torch.empty(n, dtype=torch.long, device=z.device)
+        block = z.new_empty(k, rows)
+        index = torch.arange(k, dtype=z.dtype, device=z.device).unsqueeze(1)
+        for start in range(0, n, rows):
+            part = z[start:start + rows]
+            out = block if len(part) == rows else block[:, :len(part)]
+            torch.addmm(half, centres, part.T, alpha=-2, out=out)
+            least = torch.amin(out, 0, out=nearest[start:start + rows])
+            torch.add(index, out.sub_(least).sign_(), alpha=k, out=out)
+            # a point with NaN distances gets 0; its nearest, and so the inertia, is NaN
+            labels[start:start + rows] = out.amin(0).nan_to_num_(0)
+        return nearest, labels
+
+    def _sums(self, z: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """N_k and Σ x_n over the points of cluster k: responsibilities r_nk ∈ {0, 1}, N_k by
+        counting, Σ x_n by adding each row into its cluster's."""
+        k = self.num_clusters
+        return (torch.bincount(labels, minlength=k).to(z.dtype),
+                z.new_zeros(k, z.shape[1]).index_add_(0, labels, z))
 
     @torch.no_grad()
     def m_step(self, stats: dict[str, Tensor]) -> None:
         """c_k = Σ x_n / N_k over the points of cluster k; an empty cluster keeps its centre
         (scikit-learn moves it to a far point instead)."""
-        n = stats["n"][:, None]
-        self.cluster_centers.copy_(torch.where(n > 0, stats["sx"] / n.clamp_min(1),
-                                               self.cluster_centers))
+        self._move(stats["n"], stats["sx"])
+
+    def _move(self, n: Tensor, sx: Tensor) -> None:
+        n = n.unsqueeze(1)  # an empty cluster's 0/0 is not taken
+        torch.where(n > 0, sx / n, self.cluster_centers, out=self.cluster_centers)
 
     @torch.no_grad()
     def fit(self, x: Tensor, *, max_iter: PositiveInt = 300,
@@ -238,15 +269,16 @@ class KMeans(nn.Module):
         if not self.fitted:
             self.initialize(x, generator=generator)
         z = self.projection(x, "KMeans.fit")
-        stats, labels = self._lloyd_sums(z)
+        nearest, labels = self._assign(z)
         for self.n_iter_ in range(1, max_iter + 1):
-            self.m_step(stats)
-            stats, new = self._lloyd_sums(z)  # the labels of the moved centres
+            self._move(*self._sums(z, labels))  # the M step: statistics' sums, no inertia
+            nearest, new = self._assign(z)  # the labels of the moved centres
             if torch.equal(new, labels):
                 break
             labels = new
         self.labels_ = new
-        self.inertia_ = float(stats["inertia"])
+        flat = z.reshape(-1)
+        self.inertia_ = float(nearest.sum() + flat.dot(flat))
         return self
 
     # -- using it -----------------------------------------------------------------------
