@@ -185,9 +185,12 @@ def markdown(result: dict[str, Any], key: str = "by_target_words") -> str:
     return "\n\n".join(parts)
 
 
-def draw(result: dict[str, Any]) -> Any:
-    """A PIL image: a panel per table, exact match (%) against target words, a line per model;
-    under each length the number of test examples of that length (the models share them)."""
+def draw(result: dict[str, Any], min_count: int = 20) -> Any:
+    """A PIL image: a column per table, a row per length (target words, source digits);
+    exact match (%) against length, a line per model, and under each length the number of
+    test examples of that length (the models of a table share them). Lengths with fewer than
+    ``min_count`` test examples are left out (a point of 1 to 12 examples is noise; the JSON
+    and the markdown tables keep them)."""
     from PIL import Image, ImageDraw, ImageFont
 
     try:  # Pillow >= 10.1: a scalable font
@@ -195,61 +198,68 @@ def draw(result: dict[str, Any]) -> Any:
     except TypeError:
         font = small = ImageFont.load_default()
     tables = result["tables"]
-    plot_w, plot_h, left, top, bottom, gap = 300, 220, 46, 40, 60, 24
+    plot_w, plot_h, left, top, bottom, gap = 300, 200, 46, 40, 60, 24
+    row_h = top + plot_h + bottom
     legend_h = 18 * max(len(t["models"]) for t in tables.values())
     panel_w = left + plot_w + gap
-    image = Image.new("RGB", (panel_w * len(tables) + 8, top + plot_h + bottom + legend_h),
+    image = Image.new("RGB", (panel_w * len(tables) + 8, row_h * len(LENGTHS) + legend_h),
                       "white")
     d = ImageDraw.Draw(image)
-    lows = [min(e["by_target_words"]["exact_match"]) for t in tables.values()
-            for e in t["models"].values()]
-    y_min = max(0.0, min(0.9, (int(min(lows) * 10)) / 10))  # a floor at a tenth below all
-    for p, (table_name, table) in enumerate(tables.items()):
-        x0 = p * panel_w + left
-        lengths = sorted({n for e in table["models"].values()
-                          for n in e["by_target_words"]["length"]})
-        lo, hi = lengths[0], max(lengths[-1], lengths[0] + 1)
+    def shown(bucket: dict[str, list]) -> list[tuple[int, int, float]]:
+        return [(n, c, m) for n, c, m in zip(bucket["length"], bucket["count"],
+                                             bucket["exact_match"], strict=True)
+                if c >= min_count]
 
-        def xy(length: float, value: float, x0: int = x0, lo: int = lo, hi: int = hi):
-            x = x0 + (length - lo) / (hi - lo) * plot_w
-            y = top + (1 - (value - y_min) / (1 - y_min)) * plot_h
-            return x, y
+    lows = [m for t in tables.values() for e in t["models"].values() for key in LENGTHS
+            for _, _, m in shown(e[key])]
+    y_min = max(0.0, min(0.9, int(min(lows) * 10) / 10))  # the tenth below every point
+    for r, (key, label) in enumerate(LENGTHS.items()):
+        y0 = r * row_h + top
+        for p, (table_name, table) in enumerate(tables.items()):
+            x0 = p * panel_w + left
+            first = next(iter(table["models"].values()))[key]
+            counts = {n: c for n, c, _ in shown(first)}
+            lo, hi = min(counts), max(max(counts), min(counts) + 1)
 
-        d.rectangle([x0, top, x0 + plot_w, top + plot_h], outline="black")
-        for tick in range(11):
-            value = y_min + tick * (1 - y_min) / 10
-            _, y = xy(lo, value)
-            d.line([(x0 - 3, y), (x0, y)], fill="black")
-            if tick % 2 == 0:
-                d.text((x0 - 42, y - 7), f"{100 * value:.0f}%", fill="black", font=font)
-            d.line([(x0 + 1, y), (x0 + plot_w - 1, y)], fill=(230, 230, 230))
-        first = next(iter(table["models"].values()))["by_target_words"]
-        counts = dict(zip(first["length"], first["count"], strict=True))
-        for length in range(lo, hi + 1):
-            x, _ = xy(length, y_min)
-            d.line([(x, top + plot_h), (x, top + plot_h + 3)], fill="black")
-            d.text((x - 3, top + plot_h + 5), str(length), fill="black", font=font)
-            n = str(counts.get(length, 0))
-            d.text((x - 2.5 * len(n), top + plot_h + 21), n, fill=(90, 90, 90), font=small)
-        d.text((x0 - 42, top + plot_h + 20), "n", fill=(90, 90, 90), font=font)
-        d.text((x0, top + plot_h + 36), "target length (words)", fill="black", font=font)
-        d.text((x0, 6), f"{table_name}: greedy exact match", fill="black", font=font)
-        data = table.get("data", {})
-        d.text((x0, 21), f"train {data.get('train_size')}, max {data.get('max_value')}",
-               fill=(90, 90, 90), font=font)
-        for m, (name, entry) in enumerate(table["models"].items()):
-            colour = COLOURS[m % len(COLOURS)]
-            bucket = entry["by_target_words"]
-            points = [xy(n, v) for n, v in zip(bucket["length"], bucket["exact_match"],
-                                                strict=True)]
-            if len(points) > 1:
-                d.line(points, fill=colour, width=2)
-            for x, y in points:
-                d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
-            ly = top + plot_h + bottom + 18 * m
-            d.line([(x0, ly + 7), (x0 + 20, ly + 7)], fill=colour, width=2)
-            d.text((x0 + 26, ly), f"{name}: {100 * entry['exact_match']:.2f} % overall",
-                   fill="black", font=font)
+            def xy(length: float, value: float, x0: int = x0, y0: int = y0, lo: int = lo,
+                   hi: int = hi) -> tuple[float, float]:
+                return (x0 + (length - lo) / (hi - lo) * plot_w,
+                        y0 + (1 - (value - y_min) / (1 - y_min)) * plot_h)
+
+            d.rectangle([x0, y0, x0 + plot_w, y0 + plot_h], outline="black")
+            for tick in range(11):
+                _, y = xy(lo, y_min + tick * (1 - y_min) / 10)
+                d.line([(x0 - 3, y), (x0, y)], fill="black")
+                d.line([(x0 + 1, y), (x0 + plot_w - 1, y)], fill=(230, 230, 230))
+                if tick % 2 == 0:
+                    d.text((x0 - 42, y - 7), f"{100 * (y_min + tick * (1 - y_min) / 10):.0f}%",
+                           fill="black", font=font)
+            for length in range(lo, hi + 1):
+                x, _ = xy(length, y_min)
+                d.line([(x, y0 + plot_h), (x, y0 + plot_h + 3)], fill="black")
+                d.text((x - 3, y0 + plot_h + 5), str(length), fill="black", font=font)
+                n = str(counts.get(length, 0))
+                d.text((x - 2.5 * len(n), y0 + plot_h + 21), n, fill=(90, 90, 90), font=small)
+            d.text((x0 - 42, y0 + plot_h + 20), "n", fill=(90, 90, 90), font=font)
+            d.text((x0, y0 + plot_h + 36), label, fill="black", font=font)
+            data = table.get("data", {})
+            d.text((x0, y0 - 34), f"{table_name}: greedy exact match by {label}", fill="black",
+                   font=font)
+            d.text((x0, y0 - 19), f"train {data.get('train_size')} numbers, largest "
+                   f"{data.get('max_value')}; n >= {min_count}", fill=(90, 90, 90), font=font)
+            for m, (name, entry) in enumerate(table["models"].items()):
+                colour = COLOURS[m % len(COLOURS)]
+                points = [xy(n, v) for n, _, v in shown(entry[key])]
+                wide = 2 * (len(table["models"]) - m)  # the first widest: equal lines show
+                if len(points) > 1:
+                    d.line(points, fill=colour, width=wide)
+                for x, y in points:
+                    d.ellipse([x - wide, y - wide, x + wide, y + wide], fill=colour)
+                if r == len(LENGTHS) - 1:
+                    ly = row_h * len(LENGTHS) + 18 * m
+                    d.line([(x0, ly + 7), (x0 + 20, ly + 7)], fill=colour, width=2)
+                    d.text((x0 + 26, ly), f"{name}: {100 * entry['exact_match']:.2f} % overall",
+                           fill="black", font=font)
     return image
 
 
@@ -266,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--figure", default=str(FIGURE),
                         help="the PNG of every table in --out ('' for none)")
+    parser.add_argument("--min-count", type=int, default=20,
+                        help="the figure leaves out lengths with fewer test examples")
     parser.add_argument("--threads", type=int, default=None, help="torch's threads")
     parser.add_argument("--markdown", action="store_true",
                         help="print the tables of --out as markdown; run nothing")
@@ -302,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp.replace(args.out)
     if args.figure:
         Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
-        draw(result).save(args.figure)
+        draw(result, args.min_count).save(args.figure)
     print(markdown({"tables": {args.table: table}}))
     return 0
 
