@@ -146,7 +146,7 @@ def run_table(ckpts: dict[str, Path], overrides: list[str]) -> dict[str, Any]:
         entry = {"checkpoint": str(path), "network": net.get("name"),
                  "attention": net.get("attention"),
                  "parameters": sum(p.numel() for p in module.net.parameters()),
-                 "epochs": int(checkpoint.get("epoch", -1)) + 1,
+                 "checkpoint_epoch": int(checkpoint.get("epoch", -1)) + 1,  # 1-based
                  "train_command": train_command(path), **result,
                  "eval_cpu_s": round(time.process_time() - start, 1)}
         table["models"][name] = entry
