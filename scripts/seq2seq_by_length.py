@@ -35,7 +35,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "results" / "seq2seq_by_length.json"
 FIGURE = REPO / "docs" / "figures" / "seq2seq_by_length.png"
-# model line colours of the figure, in --ckpt order
+# model line colours of the figure, by name in order of first appearance in the JSON
 COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14),
            (140, 86, 75)]
 
@@ -200,7 +200,9 @@ def draw(result: dict[str, Any], min_count: int = 20) -> Any:
     tables = result["tables"]
     plot_w, plot_h, left, top, bottom, gap = 300, 200, 46, 40, 60, 24
     row_h = top + plot_h + bottom
-    legend_h = 18 * max(len(t["models"]) for t in tables.values())
+    legend_h = 18 * max(len(t["models"]) for t in tables.values()) + 6
+    names = list(dict.fromkeys(n for t in tables.values() for n in t["models"]))
+    colour_of = {n: COLOURS[i % len(COLOURS)] for i, n in enumerate(names)}  # one per name
     panel_w = left + plot_w + gap
     image = Image.new("RGB", (panel_w * len(tables) + 8, row_h * len(LENGTHS) + legend_h),
                       "white")
@@ -248,7 +250,7 @@ def draw(result: dict[str, Any], min_count: int = 20) -> Any:
             d.text((x0, y0 - 19), f"train {data.get('train_size')} numbers, largest "
                    f"{data.get('max_value')}; n >= {min_count}", fill=(90, 90, 90), font=font)
             for m, (name, entry) in enumerate(table["models"].items()):
-                colour = COLOURS[m % len(COLOURS)]
+                colour = colour_of[name]
                 points = [xy(n, v) for n, _, v in shown(entry[key])]
                 wide = 2 * (len(table["models"]) - m)  # the first widest: equal lines show
                 if len(points) > 1:
