@@ -155,7 +155,7 @@ class LitPonderNet(ParityModule):
         *,
         net: nn.Module | Mapping[str, Any],
         beta: NonNegativeFloat = 0.01,
-        lambda_p: Probability = 0.2,
+        lambda_p: Probability = 0.1,
         halting: Literal["sample", "threshold"] = "sample",
         threshold: Probability = 0.5,
         grad_clip: NonNegativeFloat = 1.0,
