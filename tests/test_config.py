@@ -71,8 +71,8 @@ def test_every_model_config_exposes_the_scale_switches(make_cfg, model):
 
 def test_a_model_config_is_one_file_and_the_command_line_still_wins(run_cli):
     # configs/model/<name>.yaml is global: the LightningModule under `model:` and, where the
-    # model needs them, its epochs, the metric that picks its best checkpoint and the CPU
-    # threads it trains fastest with. It composes
+    # model needs them, its epochs, the metric that picks its best checkpoint, the CPU
+    # threads it trains fastest with and its batch size. It composes
     # after the trainer and callbacks groups (train.yaml), so those keys win over
     # trainer/*.yaml and callbacks/*.yaml, and the command line wins over both.
     default = compose(["model=vae"])
@@ -81,8 +81,9 @@ def test_a_model_config_is_one_file_and_the_command_line_still_wins(run_cli):
         path = config_dir() / "model" / f"{model}.yaml"
         assert path.read_text().startswith("# @package _global_\n"), path
         own = OmegaConf.load(path)
-        assert set(own) <= {"defaults", "model", "trainer", "callbacks", "runtime"}, (
+        assert set(own) <= {"defaults", "model", "trainer", "callbacks", "runtime", "data"}, (
             model, list(own))
+        assert set(own.get("data", {})) <= {"batch_size"}, model  # e.g. conformer_ctc's 16
         assert set(own.get("trainer", {})) <= {"max_epochs", "precision"}, model
         assert set(own.get("runtime", {})) <= {"threads"}, model  # tests/test_runtime.py
         assert set(own.get("callbacks", {})) <= {"model_checkpoint"}, model
@@ -103,6 +104,10 @@ def test_a_model_config_is_one_file_and_the_command_line_still_wins(run_cli):
             assert compose([f"model={model}", "trainer=ddp"]).trainer.precision == precision
             assert compose([f"model={model}", "trainer.precision=32-true"]
                            ).trainer.precision == "32-true"
+        batch_size = OmegaConf.select(own, "data.batch_size")
+        if batch_size is not None:  # over its data config's; the command line wins
+            assert cfg.data.batch_size == batch_size
+            assert compose([f"model={model}", "data.batch_size=8"]).data.batch_size == 8
         epochs = OmegaConf.select(own, "trainer.max_epochs")
         if epochs is None:
             continue  # this model picks the checkpoint metric only (or extends one that does)
