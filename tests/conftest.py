@@ -38,21 +38,34 @@ SHRINK = [
 ]
 
 
+def compose_cfg(out: Path, overrides) -> DictConfig:
+    """The training config shrunk by SHRINK plus ``overrides``, writing into ``out``, set as
+    Hydra's current config (as ``@hydra.main`` would)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=[*SHRINK, *overrides], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out)
+        cfg.hydra.runtime.output_dir = str(out)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def train_in(out: Path, *overrides: str) -> Path:
+    """``train.main`` on :func:`compose_cfg` ``(out, overrides)``; returns the run dir."""
+    from mlnotes_zoo.train import main
+
+    try:
+        main(compose_cfg(out, overrides))
+    finally:
+        GlobalHydra.instance().clear()
+    return out
+
+
 @pytest.fixture
 def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     """``make_cfg("model=vae", ...)`` -> composed config writing into ``tmp_path``."""
-
-    def _make(*overrides: str) -> DictConfig:
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            cfg = compose("train", overrides=[*SHRINK, *overrides], return_hydra_config=True)
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(tmp_path)
-            cfg.hydra.runtime.output_dir = str(tmp_path)
-        HydraConfig.instance().set_config(cfg)
-        return cfg
-
-    yield _make
+    yield lambda *overrides: compose_cfg(tmp_path, overrides)
     GlobalHydra.instance().clear()
 
 

@@ -11,7 +11,6 @@ import pytest
 import yaml
 
 from mlnotes_zoo.model_card import CARD_NAME, read_model_card
-from mlnotes_zoo.train import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,29 +18,10 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     """One tiny VAE run (2 epochs of 2 batches), trained and tested by train.main."""
-    from conftest import SHRINK
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+    from conftest import train_in
 
-    from mlnotes_zoo.config import config_dir
-
-    out = tmp_path_factory.mktemp("card_run")
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose("train", return_hydra_config=True, overrides=[
-            *SHRINK, "model=vae", "trainer.max_epochs=2", "model.net.hidden=32",
-            "model.net.latent_dim=3", "model.iwae_samples=8"])
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out)
-        cfg.hydra.runtime.output_dir = str(out)
-    HydraConfig.instance().set_config(cfg)
-    try:
-        main(cfg)
-    finally:
-        GlobalHydra.instance().clear()
-    return out
+    return train_in(tmp_path_factory.mktemp("card_run"), "model=vae", "trainer.max_epochs=2",
+                    "model.net.hidden=32", "model.net.latent_dim=3", "model.iwae_samples=8")
 
 
 def test_card_metrics_are_those_of_metrics_json(run_dir):

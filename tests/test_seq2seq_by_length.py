@@ -31,29 +31,10 @@ RUN = ["model=rnn_seq2seq", "model.net.hidden=32", "model.net.embed_dim=16",
 def _train(out: Path, overrides: list[str]) -> Path:
     """``train.main`` on ``overrides`` (shrunk as conftest's SHRINK, the whole test split) in
     ``out``."""
-    from conftest import SHRINK
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+    from conftest import train_in
 
-    from mlnotes_zoo.config import config_dir
-    from mlnotes_zoo.train import main
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose("train", return_hydra_config=True, overrides=[
-            *SHRINK, *overrides, "trainer.limit_test_batches=1.0", "logger=csv",
-            "callbacks.progress_bar=null", "callbacks.pictures=null"])
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out)
-        cfg.hydra.runtime.output_dir = str(out)
-    HydraConfig.instance().set_config(cfg)
-    try:
-        main(cfg)
-    finally:
-        GlobalHydra.instance().clear()
-    return out
+    return train_in(out, *overrides, "trainer.limit_test_batches=1.0", "logger=csv",
+                    "callbacks.progress_bar=null", "callbacks.pictures=null")
 
 
 @pytest.fixture(scope="module")
