@@ -280,7 +280,7 @@ def cli(argv: list[str] | None = None) -> None:
     from mlnotes_zoo.config import check_replayed, config_dir
     from mlnotes_zoo.errors import ZooError
     from mlnotes_zoo.resume import expand_resume
-    from mlnotes_zoo.scale.launch import end_process_group, share_run_stamp
+    from mlnotes_zoo.scale.launch import end_process_group, leave_process, share_run_stamp
 
     _quiet_third_party()
     try:
@@ -293,9 +293,11 @@ def cli(argv: list[str] | None = None) -> None:
         with _hydra_errors_raised():
             hydra.main(config_path=str(config_dir()), config_name="train",
                        version_base="1.3")(_task)()
-        end_process_group()  # a DDP run's group, before the interpreter is torn down
+        distributed = end_process_group()  # a DDP run's group, before the interpreter ends
     except (ZooError, HydraException) as err:  # a wrong override or value: nothing was run
         _exit(err)
+    if distributed:  # a rank's process: no C++ teardown at exit (leave_process says why)
+        leave_process(0)
 
 
 def _path_as_given(arg: str) -> str:

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from mlnotes_zoo.config import config_dir
 from mlnotes_zoo.lit.base import ZooModule
-from mlnotes_zoo.scale.launch import end_process_group, resolve_trainer_kwargs
+from mlnotes_zoo.scale.launch import end_process_group, leave_process, resolve_trainer_kwargs
 
 BATCH, STEPS, WIDTH, BLOCKS = 4, 4, 8, 2
 
@@ -149,8 +149,10 @@ def main() -> None:
         result["ckpt"] = str(out / "last.ckpt")
     out.mkdir(parents=True, exist_ok=True)
     torch.save(result, out / f"rank{trainer.global_rank}.pt")
-    # as train.py does: a process group alive at exit aborts the process now and then
-    end_process_group()
+    # as train.py does: a process group alive at exit, or the C++ teardown, aborts a rank
+    # now and then
+    if end_process_group():
+        leave_process(0)
 
 
 def _optimizer(cfg):
