@@ -111,6 +111,16 @@ def test_buckets_equal_a_recount_and_the_test_step(run_dir, tmp_path, capsys):
     assert f"**{100 * entry['exact_match']:.2f} %**" in markdown
 
 
+def _script_error(err: str) -> str:
+    """The script's error: one line, the last on stderr. Lines before it can only be records
+    that loggers of earlier in-process runs print here ('--- Logging error ---' of a closed
+    train.log), not the script's; it prints exactly one line starting with 'error:'."""
+    lines = err.strip().splitlines()
+    assert lines and lines[-1].startswith("error:"), err
+    assert sum(line.startswith("error:") for line in lines) == 1, err
+    return lines[-1]
+
+
 @pytest.mark.parametrize("spec, message", [
     ("attention", "expected NAME=PATH"),
     ("=x.ckpt", "expected NAME=PATH"),
@@ -118,9 +128,9 @@ def test_buckets_equal_a_recount_and_the_test_step(run_dir, tmp_path, capsys):
 ])
 def test_bad_ckpt_arguments_are_one_line_and_exit_2(spec, message, tmp_path, capsys):
     code = by_length_script.main(["--ckpt", spec, "--out", str(tmp_path / "o.json")])
-    err = capsys.readouterr().err.strip()
+    err = _script_error(capsys.readouterr().err)
     assert code == 2
-    assert err.startswith("error: --ckpt") and message in err and "\n" not in err
+    assert err.startswith("error: --ckpt") and message in err
     assert not (tmp_path / "o.json").exists()
 
 
@@ -128,8 +138,8 @@ def test_a_repeated_name_and_another_test_split_are_refused(run_dir, tmp_path, c
     ckpt = _best(run_dir)
     code = by_length_script.main(["--ckpt", f"a={ckpt}", "--ckpt", f"a={ckpt}",
                                   "--out", str(tmp_path / "o.json")])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and "given twice" in err and "\n" not in err
+    err = _script_error(capsys.readouterr().err)
+    assert code == 2 and "given twice" in err
     # the same weights in a run dir whose data draw another test split
     other = tmp_path / "other_run"
     (other / "checkpoints").mkdir(parents=True)
@@ -138,13 +148,13 @@ def test_a_repeated_name_and_another_test_split_are_refused(run_dir, tmp_path, c
     code = by_length_script.main(["--ckpt", f"a={ckpt}", "--ckpt",
                                   f"b={other / 'checkpoints' / ckpt.name}",
                                   "--out", str(tmp_path / "o.json"), "--figure", ""])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and "other numbers than a" in err and "\n" not in err
+    err = _script_error(capsys.readouterr().err)
+    assert code == 2 and "other numbers than a" in err
     assert not (tmp_path / "o.json").exists()
 
 
 def test_a_checkpoint_of_another_family_is_refused(tmp_path, capsys):
     out = _train(tmp_path / "vae", ["model=vae", "model.net.hidden=16", "model.net.latent_dim=2"])
     code = by_length_script.main(["--ckpt", f"v={_best(out)}", "--out", str(tmp_path / "o.json")])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and "holds a 'vae' network" in err and "\n" not in err
+    err = _script_error(capsys.readouterr().err)
+    assert code == 2 and "holds a 'vae' network" in err
